@@ -1,0 +1,47 @@
+# rnnlm-service: the README's commands (serve, test) and the rest.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+HOST ?= 127.0.0.1
+DATA_DIR ?= ../shared/data/ptb
+export RNNLM_DATA_DIR ?= $(DATA_DIR)
+
+.PHONY: serve test lint typecheck pytest train bench fuzz soak clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Runtime only: what `make serve` needs.
+$(VENV)/.installed-run: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $@
+
+# Runtime + test tools, pinned by the same constraints.
+$(VENV)/.installed-test: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+serve: $(VENV)/.installed-run
+	$(BIN)/rnnlm-serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+	$(BIN)/mypy
+	$(BIN)/pip-audit -r constraints.txt --progress-spinner off || true
+
+train: $(VENV)/.installed-test
+	$(BIN)/rnnlm train --data-dir $(DATA_DIR) --out weights/ptb-small
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/score.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

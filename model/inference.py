@@ -1,0 +1,384 @@
+"""Pure, batched inference: scoring, next-word distributions, sampling and generation.
+
+Nothing here keeps state between calls: an ``InferenceModel`` is read-only and may be
+shared by threads; the recurrent state is an ``LSTMState`` passed in and returned;
+randomness comes in as a ``np.random.Generator``. Dropout is off (the identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.functions import logsumexp
+from model.layers import lstm_cell, lstm_scan
+from model.rnnlm import LSTMState, ModelConfig
+
+__all__ = [
+    "GenerationStep",
+    "InferenceModel",
+    "LSTMState",
+    "SamplingParams",
+    "choose_next",
+    "corpus_logprobs",
+    "generate",
+    "next_logprobs",
+    "score",
+    "step",
+]
+
+# Rows of the output projection computed at once: bounds memory to CHUNK_ROWS x V floats
+# (40 MB at V = 10,000) whatever the request size.
+CHUNK_ROWS = 1024
+
+
+@dataclass(frozen=True, eq=False)
+class InferenceModel:
+    """Read-only float32 weights arranged for inference."""
+
+    config: ModelConfig
+    embed: np.ndarray  # (V, D)
+    Wxh: tuple[np.ndarray, ...]  # per layer (D_in + H, 4H): Wx stacked over Wh
+    b: tuple[np.ndarray, ...]  # per layer (4H,)
+    out_W: np.ndarray  # (H, V); a transposed view of ``embed`` when tied
+    out_b: np.ndarray  # (V,)
+
+    @classmethod
+    def from_params(cls, config: ModelConfig, params: Mapping[str, np.ndarray]) -> InferenceModel:
+        """Build from named parameters (DESIGN.md naming); copies into float32."""
+
+        def frozen(a: np.ndarray) -> np.ndarray:
+            a = np.array(a, dtype=np.float32, order="C", copy=True)
+            a.flags.writeable = False
+            return a
+
+        embed = frozen(params["embed.W"])
+        # Stacking Wx over Wh makes a decoding step one matrix product [x, h] @ Wxh per
+        # layer, while Wxh[:D_in] and Wxh[D_in:] remain contiguous views for windows.
+        Wxh = tuple(
+            frozen(np.concatenate([params[f"lstm.{k}.Wx"], params[f"lstm.{k}.Wh"]], axis=0))
+            for k in range(config.num_layers)
+        )
+        b = tuple(frozen(params[f"lstm.{k}.b"]) for k in range(config.num_layers))
+        out_W = embed.T if config.tied else frozen(params["affine.W"])
+        return cls(config, embed, Wxh, b, out_W, frozen(params["affine.b"]))
+
+    @property
+    def num_layers(self) -> int:
+        """L."""
+        return self.config.num_layers
+
+    def zero_state(self, batch_size: int) -> LSTMState:
+        """The all-zero state every text starts from."""
+        return LSTMState.zeros(self.config, batch_size, np.float32)
+
+    def _split(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Wx and Wh of layer k as views of Wxh."""
+        d_in = self.config.wordvec_size if k == 0 else self.config.hidden_size
+        return self.Wxh[k][:d_in], self.Wxh[k][d_in:]
+
+
+def _pad(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id sequences with 0 -> ids (N, T) and lengths (N,)."""
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    T = int(lengths.max()) if len(seqs) else 0
+    ids = np.zeros((len(seqs), T), dtype=np.int64)
+    for n, s in enumerate(seqs):
+        ids[n, : len(s)] = s
+    return ids, lengths
+
+
+def run(
+    model: InferenceModel,
+    ids: np.ndarray,
+    lengths: np.ndarray | None = None,
+    state: LSTMState | None = None,
+) -> tuple[np.ndarray, LSTMState]:
+    """Feed (N, T) ids; -> top-layer outputs (T, N, H) and each row's state after its length.
+
+    Positions at or past a row's length are padding: they never affect that row's
+    outputs before its length (the LSTM is causal) nor its returned state.
+    """
+    N, T = ids.shape
+    if lengths is None:
+        lengths = np.full(N, T, dtype=np.int64)
+    if state is None:
+        state = model.zero_state(N)
+    x = model.embed[ids.T]  # (T, N, D)
+    rows = np.arange(N)
+    hs, cs = [], []
+    for k in range(model.num_layers):
+        Wx, Wh = model._split(k)
+        A = (x.reshape(T * N, -1) @ Wx).reshape(T, N, -1)  # (T, N, 4H)
+        A += model.b[k]
+        h_all, c_all, _ = lstm_scan(A, Wh, state.h[k], state.c[k])
+        hs.append(h_all[lengths, rows])
+        cs.append(c_all[lengths, rows])
+        x = h_all[1:]  # (T, N, H)
+    return x, LSTMState(np.stack(hs), np.stack(cs))
+
+
+def _project_logprobs(model: InferenceModel, h: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """log P(target) for rows of top-layer outputs h (M, H), in chunks of CHUNK_ROWS."""
+    out = np.empty(len(targets), dtype=np.float32)
+    for s in range(0, len(targets), CHUNK_ROWS):
+        logits = h[s : s + CHUNK_ROWS] @ model.out_W  # (m, V)
+        logits += model.out_b
+        t = targets[s : s + CHUNK_ROWS]
+        picked = logits[np.arange(len(t)), t]
+        out[s : s + CHUNK_ROWS] = picked - logsumexp(logits, axis=1)[:, 0]
+    return out
+
+
+def score(
+    model: InferenceModel,
+    inputs: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    state: LSTMState | None = None,
+) -> tuple[list[np.ndarray], LSTMState]:
+    """Natural-log P(targets[n][t] | inputs[n][: t + 1]) for each row, as one padded batch.
+
+    Rows may differ in length; ``targets[n]`` must be as long as ``inputs[n]``. Returns
+    each row's log-probabilities (float32) and its state after its last input.
+    """
+    if len(inputs) != len(targets) or any(
+        len(a) != len(b) for a, b in zip(inputs, targets, strict=True)
+    ):
+        raise ValueError("every row of targets must be as long as its row of inputs")
+    ids, lengths = _pad(inputs)
+    N = len(inputs)
+    if N == 0:
+        return [], model.zero_state(0)
+    hs, new_state = run(model, ids, lengths, state)
+    tgt, _ = _pad(targets)
+    valid = np.arange(ids.shape[1])[None, :] < lengths[:, None]  # (N, T)
+    # Only real positions reach the output projection; the padding is never projected.
+    h_rows = hs.transpose(1, 0, 2)[valid]  # (M, H) in row-major (n, t) order
+    lp = _project_logprobs(model, h_rows, tgt[valid])
+    splits = np.cumsum(lengths)[:-1]
+    return list(np.split(lp, splits)), new_state
+
+
+def next_logprobs(
+    model: InferenceModel,
+    contexts: Sequence[Sequence[int]],
+    state: LSTMState | None = None,
+) -> tuple[np.ndarray, LSTMState]:
+    """The next-word log-distribution (N, V) after each non-empty context, and the states."""
+    if any(len(c) == 0 for c in contexts):
+        raise ValueError("a context needs at least one token (start texts with <eos>)")
+    ids, lengths = _pad(contexts)
+    hs, new_state = run(model, ids, lengths, state)
+    h_last = new_state.h[-1]  # (N, H): the top layer's h after each row's last token
+    logits = h_last @ model.out_W + model.out_b  # (N, V)
+    return logits - logsumexp(logits, axis=1), new_state
+
+
+def step(model: InferenceModel, ids: np.ndarray, state: LSTMState) -> tuple[np.ndarray, LSTMState]:
+    """Advance N streams by one token each: (N,) ids -> (N, V) logits and the new state."""
+    N = ids.shape[0]
+    H = model.config.hidden_size
+    x = model.embed[ids]  # (N, D)
+    h_new = np.empty_like(state.h)
+    c_new = np.empty_like(state.c)
+    tc = np.empty((N, H), dtype=np.float32)
+    gi = np.empty((N, H), dtype=np.float32)
+    for k in range(model.num_layers):
+        xh = np.concatenate([x, state.h[k]], axis=1)  # (N, D_in + H)
+        a = xh @ model.Wxh[k]  # (N, 4H)
+        a += model.b[k]
+        lstm_cell(a, state.c[k], c_new[k], tc, h_new[k], gi)
+        x = h_new[k]
+    logits = x @ model.out_W  # (N, V)
+    logits += model.out_b
+    return logits, LSTMState(h_new, c_new)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen; sampling only when ``do_sample``, else greedy."""
+
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    typical_p: float | None = None
+    repetition_penalty: float | None = None
+    ban_unk: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.typical_p is not None and not 0 < self.typical_p <= 1:
+            raise ValueError("typical_p must be in (0, 1]")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+def _nucleus(probs: np.ndarray, order: np.ndarray, p: float) -> np.ndarray:
+    """The smallest prefix of ``order`` (descending probability) whose mass reaches p."""
+    cum = np.cumsum(probs[order])
+    n = int(np.searchsorted(cum, p * cum[-1], side="left")) + 1
+    return order[: min(n, len(order))]
+
+
+def choose_next(
+    logits: np.ndarray,
+    params: SamplingParams,
+    rng: np.random.Generator | None,
+    history: Sequence[int] = (),
+    unk_id: int | None = None,
+) -> int:
+    """Pick the next token id from one row of logits (V,).
+
+    Order: ban <unk>, repetition penalty (CTRL, Keskar et al. 2019: a seen token's logit
+    is divided by the penalty when positive, multiplied when negative), then when
+    sampling: temperature, top-k, top-p (Holtzman et al. 2020), typical-p (Meister et
+    al. 2022), and a draw from ``rng``. Greedy takes the argmax after the ban and penalty.
+    """
+    x = logits.astype(np.float64)  # a private copy; 10k doubles is cheap
+    if params.ban_unk and unk_id is not None:
+        x[unk_id] = -np.inf
+    rp = params.repetition_penalty
+    if rp is not None and rp != 1.0 and len(history):
+        seen = np.unique(np.asarray(history, dtype=np.int64))
+        v = x[seen]
+        x[seen] = np.where(v > 0, v / rp, v * rp)
+    if not params.do_sample:
+        return int(np.argmax(x))
+    if rng is None:
+        raise ValueError("sampling needs a np.random.Generator")
+    x /= params.temperature
+    if params.top_k is not None and params.top_k < len(x):
+        cand = np.argpartition(-x, params.top_k - 1)[: params.top_k]
+    else:
+        cand = np.arange(len(x))
+    cand = cand[np.isfinite(x[cand])]
+    z = x[cand]
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if (params.top_p is not None and params.top_p < 1.0) or (
+        params.typical_p is not None and params.typical_p < 1.0
+    ):
+        order = np.argsort(-probs, kind="stable")
+        if params.top_p is not None and params.top_p < 1.0:
+            order = _nucleus(probs, order, params.top_p)
+        if params.typical_p is not None and params.typical_p < 1.0:
+            # Typical sampling: keep the tokens whose surprisal is closest to the entropy.
+            q = probs[order] / probs[order].sum()
+            with np.errstate(divide="ignore"):
+                logq = np.log(q)
+            entropy = -np.sum(q * np.where(q > 0, logq, 0.0))
+            by_typ = order[np.argsort(np.abs(-logq - entropy), kind="stable")]
+            order = _nucleus(probs, by_typ, params.typical_p)
+        cand, probs = cand[order], probs[order]
+        probs = probs / probs.sum()
+    cum = np.cumsum(probs)
+    u = rng.random() * cum[-1]
+    return int(cand[min(int(np.searchsorted(cum, u, side="right")), len(cand) - 1)])
+
+
+@dataclass(frozen=True)
+class GenerationStep:
+    """One generated token: its id and natural-log probability under the model."""
+
+    id: int
+    logprob: float
+    finish_reason: str | None = None  # set on the last token: "eos_token" | "stop_sequence" | "length"
+
+
+@dataclass
+class _StopMatcher:
+    """Finds whether the generated ids end with one of the stop sequences."""
+
+    stops: Sequence[Sequence[int]]
+    generated: list[int] = field(default_factory=list)
+
+    def push(self, token: int) -> bool:
+        self.generated.append(token)
+        g = self.generated
+        return any(len(s) and g[-len(s) :] == list(s) for s in self.stops)
+
+
+def generate(
+    model: InferenceModel,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    params: SamplingParams,
+    rng: np.random.Generator | None,
+    eos_id: int,
+    unk_id: int | None = None,
+    stop_at_eos: bool = True,
+    stop_sequences: Sequence[Sequence[int]] = (),
+    state: LSTMState | None = None,
+) -> Iterator[GenerationStep]:
+    """Yield generated tokens one at a time after a non-empty prompt (batch of one).
+
+    ``state`` is the state before the prompt (zero when None). The last step carries its
+    ``finish_reason``; stopping early is as simple as not asking for the next step.
+    """
+    if not prompt:
+        raise ValueError("the prompt needs at least one token (start texts with <eos>)")
+    logp, st = next_logprobs(model, [prompt], state)
+    logp_row = logp[0]
+    history = list(prompt)
+    matcher = _StopMatcher(stop_sequences)
+    for n in range(max_new_tokens):
+        token = choose_next(logp_row, params, rng, history, unk_id)
+        lp = float(logp_row[token])
+        history.append(token)
+        reason = None
+        if stop_at_eos and token == eos_id:
+            reason = "eos_token"
+        elif matcher.push(token):
+            reason = "stop_sequence"
+        elif n == max_new_tokens - 1:
+            reason = "length"
+        yield GenerationStep(token, lp, reason)
+        if reason is not None:
+            return
+        logits, st = step(model, np.array([token]), st)
+        logp_row = logits[0] - logsumexp(logits[0])
+
+
+def corpus_logprobs(
+    model: InferenceModel,
+    ids: np.ndarray,
+    book_batching: bool = False,
+    window: int = 35,
+    on_progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Log-probabilities of a corpus split's predicted tokens, carrying state across windows.
+
+    Default: one stream from a zero state predicting c[1:] from c[:-1] (L - 1 targets).
+    ``book_batching``: the book's ``eval_perplexity`` with B = 10 rows of T = 35: row i
+    reads c[i*jump + j] for j < iters*T, jump = (L-1)//B, iters = (L-1)//(B*T); only
+    those targets are scored. ``on_progress`` receives the number of targets done.
+    """
+    c = np.asarray(ids, dtype=np.int64)
+    L = len(c)
+    if book_batching:
+        B, T = 10, 35
+        jump, iters = (L - 1) // B, (L - 1) // (B * T)
+        cols = np.arange(iters * T)
+        starts = np.arange(B)[:, None] * jump
+        xs, ts = c[starts + cols], c[starts + cols + 1]  # (B, iters*T)
+        window = T
+    else:
+        xs, ts = c[None, :-1], c[None, 1:]  # (1, L-1)
+    N, total = xs.shape
+    state = model.zero_state(N)
+    out = np.empty((N, total), dtype=np.float32)
+    for s in range(0, total, window):
+        x, t = xs[:, s : s + window], ts[:, s : s + window]
+        lps, state = score(model, list(x), list(t), state)
+        out[:, s : s + x.shape[1]] = np.stack(lps)
+        if on_progress is not None:
+            on_progress(x.size)
+    return out.reshape(-1)

@@ -1,0 +1,63 @@
+"""Vocab (ids in first-occurrence order of ptb.train.txt) and the PTB-style normaliser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+EOS = "<eos>"
+UNK = "<unk>"
+
+
+class Vocab:
+    """A fixed word <-> id mapping; id = position in ``words``."""
+
+    def __init__(self, words: Sequence[str]) -> None:
+        self.id_to_word: list[str] = list(words)
+        self.word_to_id: dict[str, int] = {w: i for i, w in enumerate(self.id_to_word)}
+        if len(self.word_to_id) != len(self.id_to_word):
+            raise ValueError("vocabulary has duplicate words")
+        for special in (EOS, UNK):
+            if special not in self.word_to_id:
+                raise ValueError(f"vocabulary lacks {special}")
+        self.eos_id = self.word_to_id[EOS]
+        self.unk_id = self.word_to_id[UNK]
+
+    def __len__(self) -> int:
+        return len(self.id_to_word)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.word_to_id
+
+    def encode(self, tokens: Iterable[str]) -> list[int]:
+        """Ids of tokens; a word outside the vocabulary becomes <unk>."""
+        get, unk = self.word_to_id.get, self.unk_id
+        return [get(t, unk) for t in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Words of ids."""
+        return [self.id_to_word[int(i)] for i in ids]
+
+    @classmethod
+    def from_words(cls, stream: Iterable[str]) -> Vocab:
+        """Ids in order of first occurrence in a token stream (the book's order)."""
+        seen: dict[str, None] = {}
+        for w in stream:
+            seen.setdefault(w, None)
+        return cls(list(seen))
+
+    def save(self, path: str | Path) -> None:
+        """vocab.txt: UTF-8, one token a line, id = 0-based line number."""
+        Path(path).write_text("".join(w + "\n" for w in self.id_to_word), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        """Read vocab.txt written by save."""
+        text = Path(path).read_text(encoding="utf-8")
+        words = text.split("\n")
+        if words and words[-1] == "":
+            words.pop()
+        for n, w in enumerate(words, 1):
+            if not w or any(ch.isspace() for ch in w):
+                raise ValueError(f"{path}: line {n} is not a single token: {w!r}")
+        return cls(words)
