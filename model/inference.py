@@ -170,7 +170,7 @@ def next_logprobs(
     if any(len(c) == 0 for c in contexts):
         raise ValueError("a context needs at least one token (start texts with <eos>)")
     ids, lengths = _pad(contexts)
-    hs, new_state = run(model, ids, lengths, state)
+    _, new_state = run(model, ids, lengths, state)
     h_last = new_state.h[-1]  # (N, H): the top layer's h after each row's last token
     logits = h_last @ model.out_W + model.out_b  # (N, V)
     return logits - logsumexp(logits, axis=1), new_state
@@ -290,7 +290,8 @@ class GenerationStep:
 
     id: int
     logprob: float
-    finish_reason: str | None = None  # set on the last token: "eos_token" | "stop_sequence" | "length"
+    # Set on the last token: "eos_token", "stop_sequence" or "length".
+    finish_reason: str | None = None
 
 
 @dataclass

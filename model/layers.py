@@ -293,8 +293,10 @@ class SoftmaxCrossEntropy:
         t = targets.reshape(-1)  # (M,)
         rows = np.arange(x.shape[0])
         m = x.max(axis=1, keepdims=True)
-        x -= m
-        picked = x[rows, t].astype(np.float64)
+        # The target's shifted logit in float64: in float32 the difference can overflow.
+        picked = x[rows, t].astype(np.float64) - m[:, 0].astype(np.float64)
+        with np.errstate(over="ignore"):
+            x -= m  # -inf where the gap overflows: exp gives the correct 0
         np.exp(x, out=x)
         s = x.sum(axis=1, keepdims=True)
         # log-sum-exp: log(s) with s >= 1 (the max term is exp(0)), so never log(0).

@@ -1,0 +1,571 @@
+"""Weights directory (DESIGN.md, format version 1) save/load, and import of the book's .pkl files.
+
+A weights directory holds ``config.json``, ``params.npz`` and ``vocab.txt``. Loading never
+unpickles: arrays are read with ``allow_pickle=False`` and every checksum and shape is checked
+against config.json. The one place a pickle is read is the book import, through an unpickler
+that resolves only the four numpy globals an ndarray needs, so a hostile file cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import logging
+import math
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+
+from model.rnnlm import ModelConfig
+from model.vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "rnnlm"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "params.npz"
+VOCAB_FILE = "vocab.txt"
+DTYPES = ("float16", "float32")
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PARAMS_FILE",
+    "VOCAB_FILE",
+    "LoadedWeights",
+    "WeightsError",
+    "import_book",
+    "load_book_pickle",
+    "load_weights",
+    "save_weights",
+    "update_metrics",
+]
+
+
+class WeightsError(Exception):
+    """A weights directory or book pickle that cannot be used; the message names the file."""
+
+
+# eq=False: the fields hold numpy arrays, whose == is elementwise, so identity is the only
+# meaningful equality (and the generated __hash__ would fail on the dicts anyway).
+@dataclass(frozen=True, eq=False)
+class LoadedWeights:
+    """A verified weights directory: config, read-only float32 params, vocab and metadata."""
+
+    path: Path
+    config: ModelConfig
+    params: dict[str, np.ndarray]
+    vocab: Vocab
+    meta: dict[str, Any]
+    sha256: str
+
+
+def _sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values from numpy scalars, paths and tuples; non-finite floats become None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    # strict JSON has no NaN/Infinity; a diverged run's metric is recorded as null instead
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _dump_json(obj: Any) -> str:
+    """The config.json text: indented, strict JSON, trailing newline."""
+    return json.dumps(_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush a written file to disk so a rename after it cannot expose an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a directory's entries (the renames in it); best effort where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_params(config: ModelConfig, params: Mapping[str, np.ndarray], where: Path) -> None:
+    """Names and shapes of params must be exactly config.param_shapes()."""
+    shapes = config.param_shapes()
+    missing = sorted(set(shapes) - set(params))
+    extra = sorted(set(params) - set(shapes))
+    if missing or extra:
+        raise ValueError(
+            f"{where}: parameters do not match the config: missing {missing}, extra {extra}"
+        )
+    for name, shape in shapes.items():
+        got = tuple(np.shape(params[name]))
+        if got != shape:
+            raise ValueError(f"{where}: parameter {name} has shape {got}, expected {shape}")
+
+
+def save_weights(
+    out_dir: str | Path,
+    config: ModelConfig,
+    params: Mapping[str, np.ndarray],
+    vocab: Vocab,
+    *,
+    dtype: Literal["float16", "float32"] = "float16",
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a weights directory atomically (temp dir beside it, then rename); return its path."""
+    out_dir = Path(out_dir)
+    if dtype not in DTYPES:
+        raise ValueError(f"{out_dir}: dtype must be one of {DTYPES}, got {dtype!r}")
+    _check_params(config, params, out_dir)
+    if len(vocab) != config.vocab_size:
+        raise ValueError(
+            f"{out_dir}: vocabulary has {len(vocab)} words, config vocab_size is "
+            f"{config.vocab_size}"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for name in config.param_shapes():
+        # a value past float16's range becomes inf on the cast; the check below reports it
+        with np.errstate(over="ignore"):
+            a = np.ascontiguousarray(np.asarray(params[name]).astype(dtype))
+        if not np.isfinite(a).all():
+            raise ValueError(f"{out_dir}: parameter {name} has non-finite values as {dtype}")
+        arrays[name] = a
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"{out_dir}: exists and is not a directory")
+        # replacing deletes the old directory, so refuse one that is not a weights directory
+        # (a mistyped path such as the project root must never be wiped)
+        if any(out_dir.iterdir()) and not (out_dir / CONFIG_FILE).is_file():
+            raise ValueError(
+                f"{out_dir}: exists, is not empty and holds no {CONFIG_FILE}; refusing to "
+                "replace it"
+            )
+
+    parent = out_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    try:
+        # mkdtemp makes a 0700 directory; the service may read it as another user
+        tmp.chmod(0o755)
+        with (tmp / PARAMS_FILE).open("wb") as f:
+            np.savez(f, allow_pickle=False, **arrays)
+        vocab.save(tmp / VOCAB_FILE)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": config.to_dict(),
+            "dtype": dtype,
+            "sha256": {
+                PARAMS_FILE: _sha256_file(tmp / PARAMS_FILE),
+                VOCAB_FILE: _sha256_file(tmp / VOCAB_FILE),
+            },
+            "training": dict(training or {}),
+            "metrics": dict(metrics or {}),
+        }
+        (tmp / CONFIG_FILE).write_text(_dump_json(meta), encoding="utf-8")
+        for name in (PARAMS_FILE, VOCAB_FILE, CONFIG_FILE):
+            _fsync_file(tmp / name)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+    logger.info(
+        "saved weights to %s (%s, %d parameters)",
+        out_dir,
+        dtype,
+        sum(a.size for a in arrays.values()),
+    )
+    return out_dir
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the complete directory src to dst, replacing an existing dst."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    # rename() cannot replace a non-empty directory, so the old one steps aside first; dst
+    # is then briefly absent but never half-written, and the old copy is restored on failure
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    old.rmdir()
+    os.replace(dst, old)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_config(weights_dir: Path) -> dict[str, Any]:
+    """Parse and check config.json's format fields; raise WeightsError naming the file."""
+    path = weights_dir / CONFIG_FILE
+    if not path.is_file():
+        raise WeightsError(f"{path}: missing ({CONFIG_FILE} is required in a weights directory)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: cannot read JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    version = meta.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise WeightsError(
+            f"{path}: unknown format_version {version!r}; this version reads {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def update_metrics(weights_dir: str | Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge metrics into config.json's "metrics" (atomically); return the new config.json."""
+    weights_dir = Path(weights_dir)
+    meta = _read_config(weights_dir)
+    current = meta.get("metrics")
+    merged = dict(current) if isinstance(current, dict) else {}
+    merged.update(metrics)
+    meta["metrics"] = _jsonable(merged)
+    path = weights_dir / CONFIG_FILE
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.tmp-", dir=weights_dir)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(_dump_json(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("updated metrics in %s", path)
+    return meta
+
+
+def _read_checked(path: Path, expected: Any) -> bytes:
+    """The bytes of a weights file whose sha256 must equal config.json's entry."""
+    if not path.is_file():
+        raise WeightsError(f"{path}: missing ({path.name} is required in a weights directory)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read: {e}") from e
+    actual = _sha256_bytes(data)
+    if actual != expected:
+        raise WeightsError(
+            f"{path}: sha256 mismatch: config.json records {expected}, file has {actual} "
+            "(the file is corrupt or was changed after saving)"
+        )
+    return data
+
+
+def load_weights(path: str | Path) -> LoadedWeights:
+    """Load and verify a weights directory; raise WeightsError naming the file on any problem."""
+    path = Path(path).resolve()
+    if not path.exists():
+        raise WeightsError(f"{path}: no such weights directory")
+    if not path.is_dir():
+        if path.suffix == ".pkl":
+            raise WeightsError(
+                f"{path}: is a pickle file from the book; import it with `rnnlm import-book ...` "
+                "to make a weights directory"
+            )
+        raise WeightsError(
+            f"{path}: is not a directory (a weights directory holds "
+            f"{CONFIG_FILE}, {PARAMS_FILE} and {VOCAB_FILE})"
+        )
+
+    config_path = path / CONFIG_FILE
+    meta = _read_config(path)
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise WeightsError(f'{config_path}: "model" must be an object, got {model!r}')
+    try:
+        config = ModelConfig.from_dict(model)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f'{config_path}: invalid "model": {e}') from e
+    dtype = meta.get("dtype")
+    if dtype not in DTYPES:
+        raise WeightsError(f"{config_path}: dtype {dtype!r} is not one of {DTYPES}")
+    sums = meta.get("sha256")
+    if not isinstance(sums, dict) or not all(
+        isinstance(sums.get(n), str) for n in (PARAMS_FILE, VOCAB_FILE)
+    ):
+        raise WeightsError(
+            f'{config_path}: "sha256" must map {PARAMS_FILE} and {VOCAB_FILE} to hex digests'
+        )
+
+    params_path = path / PARAMS_FILE
+    vocab_path = path / VOCAB_FILE
+    params_bytes = _read_checked(params_path, sums[PARAMS_FILE])
+    _read_checked(vocab_path, sums[VOCAB_FILE])
+    params = _load_params(params_path, params_bytes, config, dtype)
+
+    try:
+        vocab = Vocab.load(vocab_path)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise WeightsError(f"{vocab_path}: invalid vocabulary: {e}") from e
+    if len(vocab) != config.vocab_size:
+        raise WeightsError(
+            f"{vocab_path}: has {len(vocab)} words, {CONFIG_FILE} says vocab_size "
+            f"{config.vocab_size}"
+        )
+
+    sha = sums[PARAMS_FILE]
+    logger.info(
+        "loaded weights %s: %d layers, V=%d D=%d H=%d, tied=%s, %s on disk, sha256 %s",
+        path,
+        config.num_layers,
+        config.vocab_size,
+        config.wordvec_size,
+        config.hidden_size,
+        config.tied,
+        dtype,
+        sha[:12],
+    )
+    return LoadedWeights(
+        path=path, config=config, params=params, vocab=vocab, meta=meta, sha256=sha
+    )
+
+
+def _load_params(
+    params_path: Path, data: bytes, config: ModelConfig, dtype: str
+) -> dict[str, np.ndarray]:
+    """Arrays of params.npz, checked against config, as read-only C-contiguous float32."""
+    shapes = config.param_shapes()
+    raw: dict[str, np.ndarray] = {}
+    try:
+        # the bytes already hashed are parsed, so the file cannot change between check and use
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            names = list(npz.files)
+            missing = sorted(set(shapes) - set(names))
+            extra = sorted(set(names) - set(shapes))
+            if missing or extra:
+                raise WeightsError(
+                    f"{params_path}: arrays do not match config.json: missing {missing}, "
+                    f"extra {extra}"
+                )
+            for name in shapes:
+                raw[name] = npz[name]
+    except WeightsError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        # an object array lands here too: allow_pickle=False refuses it with a ValueError
+        raise WeightsError(f"{params_path}: cannot read arrays: {e}") from e
+
+    params: dict[str, np.ndarray] = {}
+    for name, shape in shapes.items():
+        a = raw[name]
+        if a.shape != shape:
+            raise WeightsError(
+                f"{params_path}: array {name} has shape {a.shape}, expected {shape} "
+                f"from {CONFIG_FILE}"
+            )
+        if a.dtype != np.dtype(dtype):
+            raise WeightsError(
+                f"{params_path}: array {name} has dtype {a.dtype}, {CONFIG_FILE} says {dtype}"
+            )
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if not np.isfinite(a).all():
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            raise WeightsError(f"{params_path}: array {name} has {bad} non-finite values")
+        a.flags.writeable = False
+        params[name] = a
+    return params
+
+
+# --- the book's .pkl files -------------------------------------------------------------------
+
+# numpy 2 renamed numpy.core to numpy._core; the old name still resolves but warns, so both
+# spellings map straight to the new module's function
+_RECONSTRUCT: Any = importlib.import_module("numpy._core.multiarray")._reconstruct
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _BookUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only what a plain ndarray needs, so nothing else can run."""
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Return an allowed numpy global; refuse every other one."""
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise WeightsError(
+                f"{self._path}: refused global {module}.{name}: a book parameter file holds "
+                "only numpy arrays (the file is not from the book or was tampered with)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        """Refuse persistent ids, which a list of arrays never uses."""
+        raise WeightsError(f"{self._path}: refused persistent id {pid!r}")
+
+
+def load_book_pickle(path: str | Path) -> list[np.ndarray]:
+    """The list of arrays in a book .pkl, read with the restricted unpickler."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    try:
+        with path.open("rb") as f:
+            obj = _BookUnpickler(f, path).load()
+    except WeightsError:
+        raise
+    except Exception as e:  # any parse failure of untrusted bytes means a bad file
+        raise WeightsError(f"{path}: cannot read pickle: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, list | tuple):
+        raise WeightsError(f"{path}: expected a list of numpy arrays, got {type(obj).__name__}")
+    arrays: list[np.ndarray] = []
+    for i, a in enumerate(obj):
+        if type(a) is not np.ndarray:
+            raise WeightsError(f"{path}: item {i} is {type(a).__name__}, expected a numpy array")
+        if a.dtype.kind != "f":
+            raise WeightsError(f"{path}: item {i} has dtype {a.dtype}, expected floating point")
+        arrays.append(a)
+    return arrays
+
+
+def _expect_shape(path: Path, index: int, what: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Raise WeightsError unless array number index has the expected shape."""
+    if a.shape != shape:
+        raise WeightsError(f"{path}: array {index} ({what}) has shape {a.shape}, expected {shape}")
+
+
+def import_book(
+    kind: Literal["rnnlm", "better"], pkl_path: str | Path, vocab: Vocab
+) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Config and float32 params from the book's Rnnlm ("rnnlm") or BetterRnnlm ("better") .pkl."""
+    pkl_path = Path(pkl_path)
+    if kind not in ("rnnlm", "better"):
+        raise ValueError(f"kind must be 'rnnlm' or 'better', got {kind!r}")
+    arrays = load_book_pickle(pkl_path)
+    expected_count = 6 if kind == "rnnlm" else 9
+    if len(arrays) != expected_count:
+        raise WeightsError(
+            f"{pkl_path}: holds {len(arrays)} arrays, the book's "
+            f"{'Rnnlm' if kind == 'rnnlm' else 'BetterRnnlm'} saves {expected_count}"
+        )
+    embed = arrays[0]
+    if embed.ndim != 2:
+        raise WeightsError(f"{pkl_path}: array 0 (embedding W) has shape {embed.shape}, want 2-D")
+    V, D = embed.shape
+    wh = arrays[2]
+    if wh.ndim != 2:
+        raise WeightsError(f"{pkl_path}: array 2 (LSTM Wh) has shape {wh.shape}, want 2-D")
+    H = wh.shape[0]
+    if len(vocab) != V:
+        raise WeightsError(
+            f"{pkl_path}: embedding has {V} rows, the vocabulary has {len(vocab)} words"
+        )
+
+    # the book's order; gates inside 4H are f, g, i, o in both, so no permutation is needed
+    if kind == "rnnlm":
+        layout: list[tuple[str, str, tuple[int, ...]]] = [
+            ("embed.W", "embedding W", (V, D)),
+            ("lstm.0.Wx", "LSTM Wx", (D, 4 * H)),
+            ("lstm.0.Wh", "LSTM Wh", (H, 4 * H)),
+            ("lstm.0.b", "LSTM b", (4 * H,)),
+            ("affine.W", "affine W", (H, V)),
+            ("affine.b", "affine b", (V,)),
+        ]
+    else:
+        layout = [
+            ("embed.W", "embedding W", (V, D)),
+            ("lstm.0.Wx", "LSTM 1 Wx", (D, 4 * H)),
+            ("lstm.0.Wh", "LSTM 1 Wh", (H, 4 * H)),
+            ("lstm.0.b", "LSTM 1 b", (4 * H,)),
+            ("lstm.1.Wx", "LSTM 2 Wx", (H, 4 * H)),
+            ("lstm.1.Wh", "LSTM 2 Wh", (H, 4 * H)),
+            ("lstm.1.b", "LSTM 2 b", (4 * H,)),
+            ("affine.W", "affine W (tied: embedding W transposed)", (D, V)),
+            ("affine.b", "affine b", (V,)),
+        ]
+    for i, ((_, what, shape), a) in enumerate(zip(layout, arrays, strict=True)):
+        _expect_shape(pkl_path, i, what, a, shape)
+
+    if kind == "rnnlm":
+        config = ModelConfig(
+            vocab_size=V, wordvec_size=D, hidden_size=H, num_layers=1, tied=False, dropout=0.0
+        )
+    else:
+        if D != H:
+            raise WeightsError(
+                f"{pkl_path}: tied weights need embedding size == hidden size, got {D} and {H}"
+            )
+        # the book saves the shared embedding twice (W and W.T); any difference means the
+        # file is not a tied BetterRnnlm and dropping the copy would silently change the model
+        if not np.array_equal(arrays[7], embed.T):
+            n = int(np.count_nonzero(arrays[7] != embed.T))
+            raise WeightsError(
+                f"{pkl_path}: array 7 (affine W) is not the embedding W transposed "
+                f"({n} elements differ); not a tied BetterRnnlm"
+            )
+        config = ModelConfig(
+            vocab_size=V, wordvec_size=D, hidden_size=H, num_layers=2, tied=True, dropout=0.5
+        )
+
+    shapes = config.param_shapes()
+    params: dict[str, np.ndarray] = {}
+    for (name, what, _), a in zip(layout, arrays, strict=True):
+        if name not in shapes:
+            continue
+        p = np.ascontiguousarray(a, dtype=np.float32)
+        if not np.isfinite(p).all():
+            raise WeightsError(f"{pkl_path}: {what} has non-finite values")
+        params[name] = p
+    logger.info("imported book %s from %s: V=%d D=%d H=%d", kind, pkl_path, V, D, H)
+    return config, params

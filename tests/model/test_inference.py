@@ -1,0 +1,254 @@
+"""Pure inference against the training forward and against a naive float64 loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.functions import log_softmax
+from model.inference import (
+    InferenceModel,
+    SamplingParams,
+    choose_next,
+    corpus_logprobs,
+    generate,
+    next_logprobs,
+    score,
+    step,
+)
+from model.rnnlm import BetterRnnlm, LSTMState, ModelConfig
+
+V = 40
+
+
+def naive_logprobs(params: dict[str, np.ndarray], cfg: ModelConfig, ids: list[int]) -> np.ndarray:
+    """log P(ids[t+1] | ids[:t+1]) by a plain per-token float64 loop over the weight arrays."""
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    H = cfg.hidden_size
+    h = [np.zeros(H) for _ in range(cfg.num_layers)]
+    c = [np.zeros(H) for _ in range(cfg.num_layers)]
+    out_W = p["embed.W"].T if cfg.tied else p["affine.W"]
+    res = []
+    for t in range(len(ids) - 1):
+        x = p["embed.W"][ids[t]]
+        for k in range(cfg.num_layers):
+            a = x @ p[f"lstm.{k}.Wx"] + h[k] @ p[f"lstm.{k}.Wh"] + p[f"lstm.{k}.b"]
+            f = 1 / (1 + np.exp(-a[:H]))
+            g = np.tanh(a[H : 2 * H])
+            i = 1 / (1 + np.exp(-a[2 * H : 3 * H]))
+            o = 1 / (1 + np.exp(-a[3 * H :]))
+            c[k] = f * c[k] + g * i
+            h[k] = o * np.tanh(c[k])
+            x = h[k]
+        z = x @ out_W + p["affine.b"]
+        m = z.max()
+        res.append(z[ids[t + 1]] - m - np.log(np.exp(z - m).sum()))
+    return np.array(res)
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def trained_like(request: pytest.FixtureRequest) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    tied = request.param
+    cfg = ModelConfig(V, 16, 16 if tied else 12, 2, tied, 0.5)
+    m = BetterRnnlm(cfg, rng=np.random.default_rng(0))
+    r = np.random.default_rng(1)
+    for p in m.params.values():
+        p += (r.standard_normal(p.shape) * 0.4).astype(np.float32)
+    return cfg, m.params
+
+
+@pytest.fixture(scope="module")
+def model(trained_like: tuple[ModelConfig, dict[str, np.ndarray]]) -> InferenceModel:
+    return InferenceModel.from_params(*trained_like)
+
+
+def test_equals_training_forward_with_dropout_off(trained_like, model) -> None:  # type: ignore[no-untyped-def]
+    cfg, params = trained_like
+    xs = np.random.default_rng(2).integers(0, V, (4, 9))
+    ref = log_softmax(BetterRnnlm(cfg, {k: v.copy() for k, v in params.items()}).logits(xs))
+    lps, _ = score(model, list(xs[:, :-1]), list(xs[:, 1:]))
+    want = np.take_along_axis(ref[:, :-1], xs[:, 1:, None], axis=2)[..., 0]
+    assert np.allclose(np.stack(lps), want, atol=1e-5)
+    nxt, _ = next_logprobs(model, list(xs))
+    assert np.allclose(nxt, ref[:, -1], atol=1e-5)
+
+
+def test_matches_naive_float64_loop(trained_like, model) -> None:  # type: ignore[no-untyped-def]
+    cfg, params = trained_like
+    ids = list(np.random.default_rng(3).integers(0, V, 60))
+    lps, _ = score(model, [ids[:-1]], [ids[1:]])
+    assert np.allclose(lps[0], naive_logprobs(params, cfg, ids), atol=1e-5)
+
+
+def test_batch_equals_one_at_a_time(model: InferenceModel) -> None:
+    r = np.random.default_rng(4)
+    seqs = [list(r.integers(0, V, n)) for n in (2, 17, 5, 1 + 1, 30, 9)]
+    lps, states = score(model, [s[:-1] for s in seqs], [s[1:] for s in seqs])
+    for n, s in enumerate(seqs):
+        alone, st1 = score(model, [s[:-1]], [s[1:]])
+        assert np.allclose(lps[n], alone[0], atol=1e-5)
+        assert np.allclose(states.h[:, n], st1.h[:, 0], atol=1e-5)
+        assert np.allclose(states.c[:, n], st1.c[:, 0], atol=1e-5)
+
+
+def test_state_carries_across_calls(model: InferenceModel) -> None:
+    ids = list(np.random.default_rng(5).integers(0, V, 41))
+    whole, _ = score(model, [ids[:-1]], [ids[1:]])
+    a, st1 = score(model, [ids[:20]], [ids[1:21]])
+    b, _ = score(model, [ids[20:-1]], [ids[21:]], st1)
+    assert np.allclose(np.concatenate([a[0], b[0]]), whole[0], atol=1e-5)
+
+
+def test_step_equals_window(model: InferenceModel) -> None:
+    ids = np.random.default_rng(6).integers(0, V, (3, 7))
+    state = model.zero_state(3)
+    for t in range(7):
+        logits, state = step(model, ids[:, t], state)
+    ref, ref_state = next_logprobs(model, list(ids))
+    assert np.allclose(log_softmax(logits), ref, atol=1e-5)
+    assert np.allclose(state.h, ref_state.h, atol=1e-6)
+
+
+def test_corpus_logprobs_book_batching_indexing(model: InferenceModel) -> None:
+    c = np.random.default_rng(7).integers(0, V, 800)
+    got = corpus_logprobs(model, c, book_batching=True)
+    B, T = 10, 35
+    jump, iters = (len(c) - 1) // B, (len(c) - 1) // (B * T)
+    assert got.shape == (B * iters * T,)
+    rows = [c[i * jump : i * jump + iters * T + 1] for i in range(B)]
+    want, _ = score(model, [r[:-1] for r in rows], [r[1:] for r in rows])
+    assert np.allclose(got, np.concatenate(want), atol=1e-5)
+    one = corpus_logprobs(model, c)
+    assert one.shape == (len(c) - 1,)
+
+
+def test_chunked_projection_matches_unchunked(model: InferenceModel, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import model.inference as inf
+
+    ids = list(np.random.default_rng(8).integers(0, V, 50))
+    full, _ = score(model, [ids[:-1]], [ids[1:]])
+    monkeypatch.setattr(inf, "CHUNK_ROWS", 7)
+    chunked, _ = score(model, [ids[:-1]], [ids[1:]])
+    assert np.allclose(full[0], chunked[0], atol=1e-6)  # BLAS may sum in another order
+
+
+def test_model_is_read_only(model: InferenceModel) -> None:
+    with pytest.raises(ValueError, match="read-only"):
+        model.embed[0, 0] = 1.0
+
+
+# ------------------------------------------------------------------ generation
+EOS, UNK = 0, 1
+
+
+def _gen(model: InferenceModel, seed: int | None, **kw: object) -> list[int]:
+    params = SamplingParams(**{k: v for k, v in kw.items() if k not in ("n", "stops", "eos")})  # type: ignore[arg-type]
+    rng = None if seed is None else np.random.default_rng(seed)
+    return [s.id for s in generate(model, [EOS, 5, 6], int(kw.get("n", 30)), params, rng,  # type: ignore[call-overload]
+                                   eos_id=EOS, unk_id=UNK, stop_at_eos=bool(kw.get("eos", False)),
+                                   stop_sequences=kw.get("stops", ()))]  # type: ignore[arg-type]
+
+
+def test_same_seed_same_tokens_and_seeds_differ(model: InferenceModel) -> None:
+    a, b = _gen(model, 11), _gen(model, 11)
+    assert a == b
+    outs = {tuple(_gen(model, s)) for s in range(5)}
+    assert len(outs) >= 2
+
+
+def test_greedy_is_the_argmax_path(trained_like, model) -> None:  # type: ignore[no-untyped-def]
+    cfg, params = trained_like
+    got = _gen(model, None, do_sample=False, ban_unk=False, n=12)
+    ctx = [EOS, 5, 6]
+    for tok in got:
+        # argmax of the naive scorer's next-token distribution, over every candidate
+        cands = [naive_logprobs(params, cfg, [*ctx, v])[-1] for v in range(V)]
+        assert tok == int(np.argmax(cands))
+        ctx.append(tok)
+
+
+def test_ban_unk_never_emits_unk(model: InferenceModel) -> None:
+    for seed in range(5):
+        assert UNK not in _gen(model, seed, temperature=5.0, n=60)
+    assert UNK not in _gen(model, None, do_sample=False, n=60)
+
+
+def test_stops_at_eos_and_stop_sequence(model: InferenceModel) -> None:
+    params = SamplingParams(temperature=3.0)
+    steps = list(generate(model, [EOS, 3], 500, params, np.random.default_rng(0), EOS, UNK,
+                          stop_at_eos=True))
+    assert steps[-1].finish_reason in ("eos_token", "length")
+    assert all(s.id != EOS for s in steps[:-1])
+    first = _gen(model, 3, n=10)
+    stop = first[3:5]
+    steps = list(generate(model, [EOS, 5, 6], 10, SamplingParams(), np.random.default_rng(3),
+                          EOS, UNK, stop_sequences=[stop]))
+    assert steps[-1].finish_reason == "stop_sequence"
+    ids = [s.id for s in steps]
+    assert ids[-2:] == stop and len(ids) <= 5
+    steps = list(generate(model, [EOS], 4, SamplingParams(), np.random.default_rng(0), EOS))
+    assert len(steps) <= 4 and steps[-1].finish_reason is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=st.lists(st.floats(-20, 20), min_size=V, max_size=V),
+    top_k=st.one_of(st.none(), st.integers(1, V)),
+    top_p=st.one_of(st.none(), st.floats(0.01, 1.0)),
+    temperature=st.floats(0.1, 5.0),
+    seed=st.integers(0, 2**32),
+)
+def test_top_k_top_p_never_sample_outside_their_set(
+    logits: list[float], top_k: int | None, top_p: float | None, temperature: float, seed: int
+) -> None:
+    x = np.array(logits, dtype=np.float32)
+    p = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, ban_unk=False)
+    tok = choose_next(x, p, np.random.default_rng(seed))
+    z = x.astype(np.float64) / temperature
+    order = np.argsort(-z, kind="stable")
+    if top_k is not None:
+        assert z[tok] >= z[order[top_k - 1]]
+    if top_p is not None:
+        kept = order[: top_k or V]
+        probs = np.exp(z[kept] - z[kept].max())
+        probs /= probs.sum()
+        cum = np.cumsum(probs)
+        n = int(np.searchsorted(cum, top_p * (1 - 1e-9))) + 1
+        # allow ties at the boundary
+        assert z[tok] >= z[kept[min(n, len(kept)) - 1]] - 1e-9
+
+
+def test_repetition_penalty_discourages_seen_tokens() -> None:
+    x = np.zeros(5, dtype=np.float32)
+    x[2], x[0], x[4] = 1.0, 0.5, -0.1
+    greedy = SamplingParams(do_sample=False, repetition_penalty=3.0, ban_unk=False)
+    assert choose_next(x, greedy, None, history=[2]) == 0  # 1/3 < 0.5
+    x[:] = -1.0
+    x[3] = -0.5
+    assert choose_next(x, greedy, None, history=[3]) != 3  # -1.5 < -1: negatives multiply
+    assert choose_next(x, SamplingParams(do_sample=False, ban_unk=False), None) == 3
+
+
+def test_sampling_params_validation() -> None:
+    for bad in ({"temperature": 0.0}, {"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5},
+                {"repetition_penalty": 0.0}, {"typical_p": 2.0}):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)  # type: ignore[arg-type]
+
+
+def test_one_stream_on_ptb_slice_matches_naive(ptb_dir: Path, ptb_vocab) -> None:  # type: ignore[no-untyped-def]
+    from model.corpus import load_split
+
+    cfg = ModelConfig(len(ptb_vocab), 24, 24, 2, True, 0.5)
+    m = BetterRnnlm(cfg, rng=np.random.default_rng(9))
+    r = np.random.default_rng(10)
+    for p in m.params.values():
+        p += (r.standard_normal(p.shape) * 0.2).astype(np.float32)
+    ids = load_split(ptb_dir, "test", ptb_vocab)[:300]
+    got = corpus_logprobs(InferenceModel.from_params(cfg, m.params), ids, window=35)
+    assert np.allclose(got, naive_logprobs(m.params, cfg, list(ids)), atol=1e-4)
+    _ = LSTMState  # the state type travels with the package
