@@ -50,6 +50,7 @@ def evaluate_split(
     L = len(ids)
     total = ((L - 1) // 350) * 350 if book_batching else L - 1
     t0 = time.perf_counter()
+    bar: Any
     with tqdm(total=total, desc=f"{split}", unit="tok", disable=not progress,
               file=sys.stderr, dynamic_ncols=True) as bar:
         lp = corpus_logprobs(model, ids, book_batching=book_batching, on_progress=bar.update)
@@ -107,7 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = InferenceModel.from_params(w.config, w.params)
     tok = tokenize(args.prompt, w.vocab)
     prompt = [w.vocab.eos_id, *tok.ids]
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+    seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**63))
     params = SamplingParams(
         do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -201,9 +201,9 @@ class Trainer:
         """Atomically write params, best params, LSTM state, RNG state and counters."""
 
         def write(d: Path) -> None:
-            np.savez(d / "params.npz", **self.model.params)
+            np.savez(d / "params.npz", **self.model.params)  # type: ignore[arg-type]
             if self.best_params is not None:
-                np.savez(d / "best.npz", **self.best_params)
+                np.savez(d / "best.npz", **self.best_params)  # type: ignore[arg-type]
             if self.lstm_state is not None:
                 np.savez(d / "lstm_state.npz", h=self.lstm_state.h, c=self.lstm_state.c)
             meta = {
@@ -416,7 +416,8 @@ def _parse_bool(s: str) -> bool:
 
 
 def _export(
-    trainer: Trainer, out: Path, vocab: Vocab, dtype: str, data_dir: Path, finished: bool,
+    trainer: Trainer, out: Path, vocab: Vocab, dtype: Literal["float16", "float32"],
+    data_dir: Path, finished: bool,
     run_dir: Path, final_eval: bool,
 ) -> None:
     """Write the best-validation parameters as a weights directory, with log and curve."""

@@ -116,7 +116,8 @@ def test_embedding_gradient(rng: np.random.Generator, accumulate: bool) -> None:
 
 def test_lstm_gradient(rng: np.random.Generator) -> None:
     T, N, D, H = 5, 3, 4, 6
-    Wx, Wh, b = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H)), rng.standard_normal(4 * H)
+    Wx, Wh = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H))
+    b = rng.standard_normal(4 * H)
     xs = rng.standard_normal((T, N, D))
     h0, c0 = rng.standard_normal((N, H)), rng.standard_normal((N, H))
     layer = LSTM(Wx, Wh, b, np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b))
@@ -136,13 +137,16 @@ def test_lstm_gradient(rng: np.random.Generator) -> None:
 def test_lstm_gate_order_is_f_g_i_o(rng: np.random.Generator) -> None:
     """One step by hand with the book's gate layout."""
     D, H = 3, 2
-    Wx, Wh, b = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H)), rng.standard_normal(4 * H)
-    x, h0, c0 = rng.standard_normal((1, 1, D)), rng.standard_normal((1, H)), rng.standard_normal((1, H))
+    Wx, Wh = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H))
+    b = rng.standard_normal(4 * H)
+    x = rng.standard_normal((1, 1, D))
+    h0, c0 = rng.standard_normal((1, H)), rng.standard_normal((1, H))
     layer = LSTM(Wx, Wh, b, np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b))
     hs, h, c = layer.forward(x, h0, c0)
     a = x[0] @ Wx + h0 @ Wh + b
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
-    f, g, i, o = sig(a[:, :H]), np.tanh(a[:, H : 2 * H]), sig(a[:, 2 * H : 3 * H]), sig(a[:, 3 * H :])
+    f, g = sig(a[:, :H]), np.tanh(a[:, H : 2 * H])
+    i, o = sig(a[:, 2 * H : 3 * H]), sig(a[:, 3 * H :])
     c_ref = f * c0 + g * i
     assert np.allclose(c, c_ref)
     assert np.allclose(h, o * np.tanh(c_ref))
