@@ -167,8 +167,8 @@ def _split_word(chunk: str, vocab: Vocab | None, out: list[str]) -> None:
         if word[-1] == ".":
             core = word.rstrip(".")
             # `N.` ends a sentence about a number; it is not the initial `n.`.
-            keep = core and core not in _SPECIALS and vocab is not None
-            if keep and _escape(_fold(core)) + "." in vocab:
+            keep = core and core not in _SPECIALS
+            if keep and vocab is not None and _escape(_fold(core)) + "." in vocab:
                 word = core + "."
                 break
             word = core
