@@ -278,11 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    from model.checkpoint import WeightsError
+    from model.corpus import CorpusError
+
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except (OSError, ValueError) as e:
+    except (WeightsError, CorpusError, OSError, ValueError) as e:
         # Expected failures (missing files, bad weights, bad flags) get one clear line.
         log.error("%s", e)
         return 1

@@ -127,8 +127,12 @@ def _project_logprobs(model: InferenceModel, h: np.ndarray, targets: np.ndarray)
         logits = h[s : s + CHUNK_ROWS] @ model.out_W  # (m, V)
         logits += model.out_b
         t = targets[s : s + CHUNK_ROWS]
-        picked = logits[np.arange(len(t)), t]
-        out[s : s + CHUNK_ROWS] = picked - logsumexp(logits, axis=1)[:, 0]
+        # log-sum-exp in place on the chunk we own: no temporaries of (m, V)
+        m = logits.max(axis=1)
+        picked = logits[np.arange(len(t)), t] - m
+        logits -= m[:, None]
+        np.exp(logits, out=logits)
+        out[s : s + CHUNK_ROWS] = picked - np.log(logits.sum(axis=1))
     return out
 
 
@@ -352,7 +356,7 @@ def corpus_logprobs(
     model: InferenceModel,
     ids: np.ndarray,
     book_batching: bool = False,
-    window: int = 35,
+    window: int = 256,
     on_progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Log-probabilities of a corpus split's predicted tokens, carrying state across windows.
@@ -360,7 +364,8 @@ def corpus_logprobs(
     Default: one stream from a zero state predicting c[1:] from c[:-1] (L - 1 targets).
     ``book_batching``: the book's ``eval_perplexity`` with B = 10 rows of T = 35: row i
     reads c[i*jump + j] for j < iters*T, jump = (L-1)//B, iters = (L-1)//(B*T); only
-    those targets are scored. ``on_progress`` receives the number of targets done.
+    those targets are scored. The state carries across windows, so ``window`` (the
+    tokens per forward) changes only speed and memory. ``on_progress`` gets targets done.
     """
     c = np.asarray(ids, dtype=np.int64)
     L = len(c)
@@ -370,7 +375,6 @@ def corpus_logprobs(
         cols = np.arange(iters * T)
         starts = np.arange(B)[:, None] * jump
         xs, ts = c[starts + cols], c[starts + cols + 1]  # (B, iters*T)
-        window = T
     else:
         xs, ts = c[None, :-1], c[None, 1:]  # (1, L-1)
     N, total = xs.shape
@@ -378,8 +382,10 @@ def corpus_logprobs(
     out = np.empty((N, total), dtype=np.float32)
     for s in range(0, total, window):
         x, t = xs[:, s : s + window], ts[:, s : s + window]
-        lps, state = score(model, list(x), list(t), state)
-        out[:, s : s + x.shape[1]] = np.stack(lps)
+        hs, state = run(model, x, None, state)  # (T, N, H)
+        lp = _project_logprobs(model, hs.transpose(1, 0, 2).reshape(-1, hs.shape[2]),
+                               t.reshape(-1))  # rows in (n, t) order
+        out[:, s : s + x.shape[1]] = lp.reshape(N, -1)  # (N, T)
         if on_progress is not None:
             on_progress(x.size)
     return out.reshape(-1)

@@ -264,6 +264,7 @@ class Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 

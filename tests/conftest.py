@@ -36,3 +36,24 @@ def ptb_dir() -> Path:
 def ptb_vocab(ptb_dir: Path) -> Vocab:
     """The book's 10,000-word vocabulary built from ptb_dir's train split."""
     return build_vocab(ptb_dir)
+
+
+@pytest.fixture(scope="session")
+def book_pkl(shared_data_dir: Path) -> Path:
+    """The book's trained chapter-6 Rnnlm.pkl; skips when absent."""
+    path = shared_data_dir / "book" / "Rnnlm.pkl"
+    if not path.is_file():
+        pytest.skip(f"the book's parameter file is not at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def book_weights(
+    book_pkl: Path, ptb_vocab: Vocab, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The book's Rnnlm imported into a weights directory (float16 on disk, as shipped)."""
+    from model.checkpoint import import_book, save_weights
+
+    config, params = import_book("rnnlm", book_pkl, ptb_vocab)
+    out = tmp_path_factory.mktemp("book") / "book-rnnlm"
+    return save_weights(out, config, params, ptb_vocab, dtype="float16")
