@@ -40,8 +40,19 @@ lint: $(VENV)/.installed-test
 train: $(VENV)/.installed-test
 	$(BIN)/rnnlm train --data-dir $(DATA_DIR) --out weights/ptb-small
 
-bench: $(VENV)/.installed-test
-	$(BIN)/python bench/score.py
+# Benchmarks compare against PyTorch, which is never a dependency of the service or its
+# tests: it lives in a venv of its own. torch==2.13.0 exactly (a CPU build is on disk here).
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q torch==2.13.0 threadpoolctl==3.8.0
+	$(BENCH_VENV)/bin/pip install -q -c constraints.txt -e .
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m bench.score
+	$(BENCH_VENV)/bin/python -m bench.train
+	$(BENCH_VENV)/bin/python -m bench.generate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
