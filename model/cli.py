@@ -278,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if args.command in ("train", "evaluate", "import-book"):
+        from model.blas import warn_if_slow_kernel
+
+        warn_if_slow_kernel()
     from model.checkpoint import WeightsError
     from model.corpus import CorpusError
 

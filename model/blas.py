@@ -1,0 +1,82 @@
+"""What BLAS numpy runs on: the OpenBLAS kernel family and thread count, for logs and /info."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# OpenBLAS kernel families without AVX-512; on a CPU that has AVX-512 they leave about half
+# the matrix-product speed unused (forced, e.g., by OPENBLAS_CORETYPE=Haswell).
+_PRE_AVX512 = {"haswell", "zen", "sandybridge", "nehalem", "core2", "prescott", "katmai",
+               "barcelona", "bulldozer", "piledriver", "steamroller", "excavator"}
+
+
+def _openblas_lib() -> ctypes.CDLL | None:
+    """numpy's bundled scipy-openblas library, when it is the one in use."""
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    for path in sorted(libs.glob("libscipy_openblas*.so*")):
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError:  # pragma: no cover - a broken install
+            return None
+    return None
+
+
+def _cpu_has_avx512() -> bool:
+    """True when /proc/cpuinfo lists avx512f (Linux only; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def blas_info() -> dict[str, Any]:
+    """Kernel family, threads and the OPENBLAS_* variables that steer them."""
+    info: dict[str, Any] = {
+        "numpy": np.__version__,
+        "corename": None,
+        "threads": None,
+        "cpu_avx512": _cpu_has_avx512(),
+        "env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
+    }
+    lib = _openblas_lib()
+    if lib is not None:
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "")):
+            try:
+                core = getattr(lib, f"{prefix}_get_corename{suffix}")
+                threads = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+            except AttributeError:
+                continue
+            core.restype = ctypes.c_char_p
+            info["corename"] = core().decode()
+            info["threads"] = int(threads())
+            break
+    return info
+
+
+def warn_if_slow_kernel(info: dict[str, Any] | None = None) -> str | None:
+    """Log (and return) a warning when OpenBLAS runs pre-AVX-512 kernels on an AVX-512 CPU."""
+    info = info or blas_info()
+    core = (info.get("corename") or "").lower()
+    if info.get("cpu_avx512") and core in _PRE_AVX512:
+        forced = info["env"].get("OPENBLAS_CORETYPE")
+        msg = (
+            f"OpenBLAS runs {info['corename']} kernels on a CPU with AVX-512"
+            + (f" because OPENBLAS_CORETYPE={forced} is set" if forced else "")
+            + "; matrix products may run at about half speed. Unset OPENBLAS_CORETYPE to let "
+            "OpenBLAS pick the kernels for this CPU."
+        )
+        log.warning(msg)
+        return msg
+    return None

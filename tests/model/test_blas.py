@@ -1,0 +1,26 @@
+"""BLAS introspection: reports the kernel family and warns about a forced older one."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.blas import blas_info, warn_if_slow_kernel
+
+
+def test_blas_info_has_the_fields() -> None:
+    info = blas_info()
+    assert set(info) >= {"numpy", "corename", "threads", "cpu_avx512", "env"}
+
+
+@pytest.mark.parametrize(
+    ("core", "avx512", "warns"),
+    [("Haswell", True, True), ("SkylakeX", True, False), ("Haswell", False, False),
+     (None, True, False)],
+)
+def test_warns_only_for_pre_avx512_kernels_on_avx512(core: str | None, avx512: bool,
+                                                     warns: bool) -> None:
+    info = {"corename": core, "cpu_avx512": avx512, "env": {"OPENBLAS_CORETYPE": "Haswell"}}
+    msg = warn_if_slow_kernel(info)
+    assert (msg is not None) == warns
+    if warns:
+        assert msg is not None and "OPENBLAS_CORETYPE=Haswell" in msg
