@@ -1,0 +1,72 @@
+"""Per-app service state and the dependencies routes use to reach it (no module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio.to_thread
+from fastapi import Request
+
+from app.config import Settings
+from app.engine import Engine
+from app.errors import ApiError, validation_error
+from app.metrics import Metrics
+from model.vocab import Tokenized, Vocab, tokenize
+
+Phase = Literal["loading", "ready", "draining"]
+
+
+@dataclass
+class ServiceState:
+    """What one app instance serves: settings, metrics, and the engine once loaded."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: Engine | None = None
+    phase: Phase = "loading"
+
+    def set_phase(self, phase: Phase) -> None:
+        """Move to phase and mirror readiness in the metrics."""
+        self.phase = phase
+        self.metrics.ready.set(1 if phase == "ready" else 0)
+
+
+def get_state(request: Request) -> ServiceState:
+    """The app's ServiceState."""
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's Settings."""
+    return get_state(request).settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    """The app's Metrics."""
+    return get_state(request).metrics
+
+
+def get_engine(request: Request) -> Engine:
+    """The loaded engine, or 503 while the model is loading."""
+    engine = get_state(request).engine
+    if engine is None:
+        raise ApiError(503, "unavailable", "the model is still loading; retry shortly")
+    return engine
+
+
+def check_chars(text: str, param: str, settings: Settings) -> None:
+    """422 when a text is longer than max_text_chars."""
+    if len(text) > settings.max_text_chars:
+        raise validation_error(
+            f"{param} has {len(text)} characters, more than the limit of {settings.max_text_chars}",
+            param,
+        )
+
+
+async def tokenize_all(texts: list[str], vocab: Vocab) -> list[Tokenized]:
+    """Normalise and look up texts off the event loop (a 1 MiB body takes a while)."""
+    if sum(len(t) for t in texts) < 2_000:
+        return [tokenize(t, vocab) for t in texts]
+    return await anyio.to_thread.run_sync(lambda: [tokenize(t, vocab) for t in texts])

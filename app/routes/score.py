@@ -1,0 +1,253 @@
+"""POST /perplexity, /next-word and /tokenize."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from fastapi import APIRouter, Depends
+
+from app.config import Settings
+from app.deps import check_chars, get_engine, get_metrics, get_settings, tokenize_all
+from app.engine import Engine
+from app.errors import ERROR_RESPONSES, validation_error
+from app.metrics import Metrics
+from app.schemas import (
+    Aggregate,
+    NextWordRequest,
+    NextWordResponse,
+    PerplexityRequest,
+    PerplexityResponse,
+    Prediction,
+    TargetScore,
+    TextScore,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenScore,
+)
+
+router = APIRouter(tags=["scoring"])
+
+
+LN10 = math.log(10.0)
+
+
+def _shorten(word: str, n: int = 40) -> str:
+    """A word for an error message, shortened."""
+    return word if len(word) <= n else word[:n] + "..."
+
+
+@router.post(
+    "/perplexity",
+    response_model=PerplexityResponse,
+    responses=ERROR_RESPONSES,
+    summary="Score texts: perplexity, log-probability and per-token log-probabilities",
+)
+async def perplexity(
+    req: PerplexityRequest,
+    engine: Engine = Depends(get_engine),
+    settings: Settings = Depends(get_settings),
+    metrics: Metrics = Depends(get_metrics),
+) -> PerplexityResponse:
+    """Score each text from a zero state fed <eos> (DESIGN.md scoring conventions)."""
+    if req.texts is not None and req.text is not None:
+        raise validation_error('give either "text" or "texts", not both', "texts")
+    if req.texts is None and req.text is None:
+        raise validation_error('give "text" (one text) or "texts" (a list of texts)', "text")
+    texts = req.texts if req.texts is not None else [req.text or ""]
+    names = [f"texts[{i}]" for i in range(len(texts))] if req.texts is not None else ["text"]
+    if len(texts) > settings.max_texts:
+        raise validation_error(
+            f"texts holds {len(texts)} texts, more than the limit of {settings.max_texts}",
+            "texts",
+        )
+    for text, name in zip(texts, names, strict=True):
+        check_chars(text, name, settings)
+    vocab = engine.vocab
+    toks = await tokenize_all(texts, vocab)
+    for tok, name in zip(toks, names, strict=True):
+        if not tok.ids:
+            raise validation_error(f"{name} has no tokens after normalisation", name)
+    if req.oov == "reject":
+        bad = [
+            (i, name, tok.oov_words)
+            for i, (tok, name) in enumerate(zip(toks, names, strict=True))
+            if tok.oov_words
+        ]
+        if bad:
+            listed = "; ".join(
+                f"{name}: " + ", ".join(repr(_shorten(w)) for w in words[:10])
+                for _, name, words in bad[:5]
+            )
+            raise validation_error(
+                f"words outside the vocabulary (oov=reject): {listed}",
+                bad[0][1],
+                [{"param": name, "index": i, "oov": words} for i, name, words in bad],
+            )
+    eos = vocab.eos_id
+    seqs = [[eos, *tok.ids, *([eos] if req.eos else [])] for tok in toks]
+    total = sum(len(s) - 1 for s in seqs)
+    if total > settings.max_request_tokens:
+        raise validation_error(
+            f"the texts hold {total} tokens to score, more than the limit of "
+            f"{settings.max_request_tokens}",
+            "texts" if req.texts is not None else "text",
+        )
+    lps = await engine.score(seqs)
+
+    results: list[TextScore] = []
+    sum_lp, sum_n, num_oov_total = 0.0, 0, 0
+    unk = vocab.unk_id
+    for text, seq, lp in zip(texts, seqs, lps, strict=True):
+        lp64 = lp.astype(np.float64)
+        targets = np.asarray(seq[1:])
+        is_oov = targets == unk
+        log_prob = float(lp64.sum())
+        n = int(lp64.size)
+        n_oov = int(is_oov.sum())
+        n_in = n - n_oov
+        excl = math.exp(-float(lp64[~is_oov].sum()) / n_in) if n_in else None
+        tokens = None
+        if req.return_tokens:
+            words = vocab.decode(seq[1:])
+            tokens = [
+                TokenScore(token=w, id=int(i), logprob=float(v), oov=bool(o))
+                for w, i, v, o in zip(words, seq[1:], lp64, is_oov, strict=True)
+            ]
+        results.append(
+            TextScore(
+                text=text,
+                perplexity=math.exp(-log_prob / n),
+                log_prob=log_prob,
+                log10_prob=log_prob / LN10,
+                num_tokens=n,
+                num_oov=n_oov,
+                perplexity_excl_oov=excl,
+                tokens=tokens,
+            )
+        )
+        sum_lp += log_prob
+        sum_n += n
+        num_oov_total += n_oov
+    metrics.tokens_scored.inc(sum_n)
+    metrics.oov_tokens.labels("/perplexity").inc(sum(len(t.oov_words) for t in toks))
+    return PerplexityResponse(
+        results=results,
+        aggregate=Aggregate(
+            perplexity=math.exp(-sum_lp / sum_n), log_prob=sum_lp, num_tokens=sum_n
+        ),
+    )
+
+
+@router.post(
+    "/next-word",
+    response_model=NextWordResponse,
+    responses=ERROR_RESPONSES,
+    summary="The most likely next words after a context, and the probability of targets",
+)
+async def next_word(
+    req: NextWordRequest,
+    engine: Engine = Depends(get_engine),
+    settings: Settings = Depends(get_settings),
+    metrics: Metrics = Depends(get_metrics),
+) -> NextWordResponse:
+    """The next-word distribution after <eos> + the normalised context."""
+    check_chars(req.context, "context", settings)
+    # the default (10) is capped by the limit; an explicit top_k over it is an error
+    top_k = req.top_k if "top_k" in req.model_fields_set else min(req.top_k, settings.max_top_k)
+    if top_k > settings.max_top_k:
+        raise validation_error(
+            f"top_k is {top_k}, more than the limit of {settings.max_top_k}", "top_k"
+        )
+    targets = req.targets or []
+    if len(targets) > settings.max_targets:
+        raise validation_error(
+            f"targets holds {len(targets)} words, more than the limit of {settings.max_targets}",
+            "targets",
+        )
+    for i, t in enumerate(targets):
+        check_chars(t, f"targets[{i}]", settings)
+    vocab = engine.vocab
+    ctx, *target_toks = await tokenize_all([req.context, *targets], vocab)
+    for i, tt in enumerate(target_toks):
+        if len(tt.words) != 1:
+            what = (
+                "has no tokens after normalisation"
+                if not tt.words
+                else f"normalises to {len(tt.words)} tokens ("
+                + " ".join(_shorten(w, 20) for w in tt.words[:8])
+                + "); a target must be one token"
+            )
+            raise validation_error(f"targets[{i}] {what}", f"targets[{i}]")
+    if len(ctx.ids) + 1 > settings.max_request_tokens:
+        raise validation_error(
+            f"context has {len(ctx.ids)} tokens, more than the limit of "
+            f"{settings.max_request_tokens}",
+            "context",
+        )
+    logp = await engine.next_word([vocab.eos_id, *ctx.ids])
+
+    lp64 = logp.astype(np.float64)
+    k = min(top_k, lp64.size)
+    top = np.argpartition(-lp64, k - 1)[:k]
+    top = top[np.argsort(-lp64[top], kind="stable")]
+    predictions = [
+        Prediction(
+            token=vocab.id_to_word[i], id=int(i), prob=math.exp(lp64[i]), logprob=float(lp64[i])
+        )
+        for i in top
+    ]
+    scored: list[TargetScore] = []
+    for tt in target_toks:
+        word = tt.words[0]
+        tid = vocab.word_to_id.get(word)
+        if tid is None:
+            scored.append(
+                TargetScore(token=word, in_vocab=False, prob=None, logprob=None, rank=None)
+            )
+            continue
+        v = lp64[tid]
+        scored.append(
+            TargetScore(
+                token=word,
+                in_vocab=True,
+                prob=math.exp(v),
+                logprob=float(v),
+                rank=int(np.count_nonzero(lp64 > v)) + 1,
+            )
+        )
+    p = np.exp(lp64)
+    entropy_bits = float(-(p * lp64).sum() / math.log(2.0))
+    metrics.prompt_tokens.inc(len(ctx.ids) + 1)
+    metrics.oov_tokens.labels("/next-word").inc(len(ctx.oov_words))
+    return NextWordResponse(
+        context_tokens=ctx.tokens,
+        oov=ctx.oov_words,
+        predictions=predictions,
+        targets=scored,
+        entropy_bits=max(entropy_bits, 0.0),
+    )
+
+
+@router.post(
+    "/tokenize",
+    response_model=TokenizeResponse,
+    responses=ERROR_RESPONSES,
+    summary="What the normaliser makes of a text: tokens, ids and OOV flags",
+)
+async def tokenize_text(
+    req: TokenizeRequest,
+    engine: Engine = Depends(get_engine),
+    settings: Settings = Depends(get_settings),
+) -> TokenizeResponse:
+    """Normalise a text like PTB and look it up in the vocabulary."""
+    check_chars(req.text, "text", settings)
+    (tok,) = await tokenize_all([req.text], engine.vocab)
+    return TokenizeResponse(
+        words=tok.words,
+        tokens=tok.tokens,
+        ids=tok.ids,
+        oov=tok.oov,
+        oov_words=tok.oov_words,
+        num_tokens=len(tok.ids),
+    )
