@@ -17,31 +17,10 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from model.checkpoint import LoadedWeights
-from model.rnnlm import ModelConfig
 from model.vocab import tokenize
-from tests.model.test_inference import naive_logprobs
+from tests.naive import naive_logprobs, naive_next
 
 MakeClient = Callable[..., AbstractContextManager[TestClient]]
-
-
-def naive_next(params: dict[str, np.ndarray], cfg: ModelConfig, ids: list[int]) -> np.ndarray:
-    """The float64 next-token log-distribution after ids, by a plain per-step loop."""
-    p = {k: v.astype(np.float64) for k, v in params.items()}
-    H = cfg.hidden_size
-    h = [np.zeros(H) for _ in range(cfg.num_layers)]
-    c = [np.zeros(H) for _ in range(cfg.num_layers)]
-    out_W = p["embed.W"].T if cfg.tied else p["affine.W"]
-    for t in ids:
-        x = p["embed.W"][t]
-        for k in range(cfg.num_layers):
-            a = x @ p[f"lstm.{k}.Wx"] + h[k] @ p[f"lstm.{k}.Wh"] + p[f"lstm.{k}.b"]
-            f, g = 1 / (1 + np.exp(-a[:H])), np.tanh(a[H : 2 * H])
-            i, o = 1 / (1 + np.exp(-a[2 * H : 3 * H])), 1 / (1 + np.exp(-a[3 * H :]))
-            c[k] = f * c[k] + g * i
-            h[k] = o * np.tanh(c[k])
-            x = h[k]
-    z = x @ out_W + p["affine.b"]
-    return z - z.max() - np.log(np.exp(z - z.max()).sum())
 
 
 def gen(client: TestClient, inputs: str, route: str = "/generate", **params: Any) -> dict:
@@ -56,14 +35,6 @@ def stream_events(client: TestClient, body: dict, route: str = "/generate_stream
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
         return [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
-
-
-def test_naive_next_agrees_with_the_model_tests_scorer(tiny_loaded: LoadedWeights) -> None:
-    ids = [tiny_loaded.vocab.eos_id, 5, 17, 2, 9]
-    lps = naive_logprobs(tiny_loaded.params, tiny_loaded.config, ids)
-    for t in range(1, len(ids)):
-        dist = naive_next(tiny_loaded.params, tiny_loaded.config, ids[:t])
-        assert dist[ids[t]] == pytest.approx(lps[t - 1], abs=1e-9)
 
 
 def test_response_shape_with_details(client: TestClient) -> None:

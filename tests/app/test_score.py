@@ -12,8 +12,7 @@ from fastapi.testclient import TestClient
 
 from model.checkpoint import LoadedWeights
 from model.vocab import tokenize
-from tests.app.test_generate import naive_next
-from tests.model.test_inference import naive_logprobs
+from tests.naive import naive_logprobs, naive_next
 
 
 def post(client: TestClient, path: str, body: dict) -> dict:
