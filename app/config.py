@@ -50,22 +50,48 @@ class Settings(BaseSettings):
 
     # --- timing
     request_timeout_s: float = Field(
-        default=60.0, gt=0, description="A non-streaming request running longer gets a 504."
+        default=60.0,
+        gt=0,
+        description="A non-streaming request running longer (queue time included) gets a 504.",
     )
     drain_seconds: float = Field(
-        default=10.0, ge=0, description="On shutdown, how long in-flight requests may finish."
+        default=10.0,
+        ge=0,
+        description=(
+            "After SIGTERM: how long the server keeps listening while not ready (/health and new "
+            "work answer 503) and in-flight requests go on; then it stops listening."
+        ),
+    )
+    shutdown_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="After the drain: how long in-flight requests may still run before they are "
+        "cancelled and the process exits.",
     )
 
-    # --- the engine (the batching knobs are read by the batching engine)
-    max_batch_size: int = Field(default=32, ge=1, description="Streams per engine batch.")
+    # --- the engine: dynamic batching, continuous batching, prefix-state cache
+    max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="Streams per batched forward: texts scored at once, and generations running "
+        "at once (1: requests are served one after another).",
+    )
     max_batch_wait_ms: float = Field(
-        default=2.0, ge=0, description="How long a batch waits to fill."
+        default=2.0, ge=0, description="How long an idle engine waits for a batch to fill."
+    )
+    max_batch_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="Token positions fed per scoring forward (streams x chunk length); longer "
+        "texts are fed in chunks, so running generations keep stepping in between.",
     )
     queue_size: int = Field(
-        default=256, ge=1, description="Requests admitted at once; more get a 503 'overloaded'."
+        default=256,
+        ge=1,
+        description="Requests admitted at once (queued or running); more get a 429 'overloaded'.",
     )
     state_cache_mb: float = Field(
-        default=64.0, ge=0, description="Memory for cached prefix states."
+        default=64.0, ge=0, description="Memory for cached prefix states (0 turns the cache off)."
     )
     blas_threads: int | None = Field(
         default=None,

@@ -41,6 +41,7 @@ _STATUS_TYPES: dict[int, str] = {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": what}
     for code, what in (
+        (400, "The body could not be parsed (not UTF-8, nested too deep, a huge integer)."),
         (413, "Body larger than max_body_bytes."),
         (422, "Invalid request (the message names the field)."),
         (429, "Too many requests in progress."),
@@ -106,8 +107,14 @@ def error_response(
     )
 
 
+# A 1 MiB body can hold 200,000 invalid values or a 1 MB field name: the answer describes the
+# first errors only and shortens names, so it never grows past the request (it did, 20-fold).
+MAX_DETAILS = 20
+MAX_NAME_CHARS = 100
+
+
 def _loc_to_param(loc: Sequence[Any]) -> str:
-    """('body', 'parameters', 'stop', 2) -> 'parameters.stop[2]'."""
+    """('body', 'parameters', 'stop', 2) -> 'parameters.stop[2]'; long names shortened."""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
@@ -116,7 +123,10 @@ def _loc_to_param(loc: Sequence[Any]) -> str:
         if isinstance(p, int):
             out += f"[{p}]"
         else:
-            out += ("." if out else "") + str(p)
+            name = str(p)
+            if len(name) > MAX_NAME_CHARS:
+                name = name[:MAX_NAME_CHARS] + "..."
+            out += ("." if out else "") + name
     return out
 
 
@@ -132,7 +142,7 @@ def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> tuple[str
     details: list[dict[str, Any]] = []
     phrases: list[str] = []
     first_param: str | None = None
-    for err in errors:
+    for err in errors[:MAX_DETAILS]:
         loc = tuple(err.get("loc", ()))
         kind = str(err.get("type", ""))
         param = _loc_to_param(loc)
@@ -157,8 +167,12 @@ def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> tuple[str
             detail["ctx"] = {k: _plain(v) for k, v in ctx.items()}
         details.append(detail)
     message = "invalid request: " + "; ".join(phrases[:5])
-    if len(phrases) > 5:
-        message += f"; and {len(phrases) - 5} more"
+    if len(errors) > 5:
+        message += f"; and {len(errors) - 5} more"
+    if len(errors) > MAX_DETAILS:
+        details.append(
+            {"param": None, "message": f"and {len(errors) - MAX_DETAILS} more", "type": "more"}
+        )
     return message, first_param, details
 
 
@@ -183,12 +197,20 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     message = str(exc.detail)
+    path = request.url.path
+    if len(path) > MAX_NAME_CHARS:  # a 100 kB path is not echoed whole
+        path = path[:MAX_NAME_CHARS] + "..."
     if status == 404:
-        message = f"no route {request.url.path}; see /docs for the API"
+        message = f"no route {path}; see /docs for the API"
     elif status == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
+        message = f"method {request.method} is not allowed on {path}"
     elif status == 400 and message == "There was an error parsing the body":
-        message = "the body could not be parsed: it must be UTF-8 encoded JSON"
+        # FastAPI's json.loads failed on something other than syntax: bad UTF-8, nesting past
+        # Python's recursion limit, or an integer of more than 4300 digits
+        message = (
+            "the body could not be parsed: it must be UTF-8 encoded JSON, nested less than "
+            "1000 levels deep, with integers of at most 4300 digits"
+        )
     return error_response(status, message, headers=getattr(exc, "headers", None))
 
 

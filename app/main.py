@@ -5,22 +5,34 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import FrameType
 
 import anyio.to_thread
-from fastapi import FastAPI
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sse_starlette.sse import AppStatus
 
 from app.config import Settings
 from app.deps import ServiceState
-from app.engine import Engine, OverloadedError
-from app.errors import BodyLimitMiddleware, install_error_handlers, overloaded_handler
+from app.engine import DrainingError, Engine, OverloadedError, RequestTimeoutError
+from app.errors import (
+    BodyLimitMiddleware,
+    error_response,
+    install_error_handlers,
+    overloaded_handler,
+)
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import generate, health, score
 from app.routes.health import service_version
+from model.blas import warn_if_slow_kernel
 from model.checkpoint import LoadedWeights, WeightsError, load_weights
 
 logger = logging.getLogger("app")
@@ -35,6 +47,31 @@ KenLM's conventions (natural logs, the closing `<eos>` counted). Every error ans
 """
 
 
+def begin_drain(state: ServiceState) -> None:
+    """Turn not ready (/health 503) and have the engine refuse new work (503)."""
+    if state.phase != "draining":
+        logger.info("draining: not ready; new requests get 503, in-flight ones go on")
+    state.set_phase("draining")
+    if state.engine is not None:
+        state.engine.drain()
+
+
+async def _draining_handler(request: Request, exc: Exception) -> JSONResponse:
+    """New work while shutting down: 503 'unavailable', retry (elsewhere) shortly."""
+    return error_response(
+        503,
+        "the server is shutting down (draining) and takes no new requests; retry shortly",
+        "unavailable",
+        details=[{"phase": "draining"}],
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _timeout_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A request past request_timeout_s: 504 'timeout'."""
+    return error_response(504, str(exc), "timeout")
+
+
 def create_app(settings: Settings | None = None, weights: LoadedWeights | None = None) -> FastAPI:
     """A new app; its lifespan loads the weights (unless given), warms up, then turns ready."""
     settings = settings or Settings()
@@ -44,6 +81,7 @@ def create_app(settings: Settings | None = None, weights: LoadedWeights | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.set_phase("loading")
+        warn_if_slow_kernel()
         loaded = weights
         if loaded is None:
             try:
@@ -51,28 +89,41 @@ def create_app(settings: Settings | None = None, weights: LoadedWeights | None =
             except WeightsError as e:
                 logger.error("cannot load weights: %s", e)
                 raise
-        engine = Engine(loaded, queue_size=settings.queue_size)
+        engine = Engine(
+            loaded,
+            queue_size=settings.queue_size,
+            max_batch_size=settings.max_batch_size,
+            max_batch_wait_ms=settings.max_batch_wait_ms,
+            max_batch_tokens=settings.max_batch_tokens,
+            state_cache_mb=settings.state_cache_mb,
+            request_timeout_s=settings.request_timeout_s,
+            metrics=metrics.engine,
+        )
         await engine.warmup()
         state.engine = engine
         state.set_phase("ready")
         logger.info(
-            "ready: %s (V=%d, %d layers of %d), sha256 %s",
+            "ready: %s (V=%d, %d layers of %d), sha256 %s; batches of up to %d streams",
             loaded.path,
             loaded.config.vocab_size,
             loaded.config.num_layers,
             loaded.config.hidden_size,
             loaded.sha256[:12],
+            settings.max_batch_size,
         )
         try:
             yield
         finally:
-            state.set_phase("draining")
-            if not await engine.wait_idle(settings.drain_seconds):
+            # Under rnnlm-serve the drain already ran (see DrainingServer) and uvicorn waited
+            # for the in-flight requests; in-process (tests) this is the whole drain.
+            begin_drain(state)
+            if not await engine.wait_idle(settings.shutdown_timeout_s):
                 logger.warning(
                     "shutting down with %d requests still in progress after %.1f s",
                     engine.in_flight,
-                    settings.drain_seconds,
+                    settings.shutdown_timeout_s,
                 )
+            await engine.aclose()
 
     app = FastAPI(
         title="rnnlm-service",
@@ -83,6 +134,8 @@ def create_app(settings: Settings | None = None, weights: LoadedWeights | None =
     app.state.service = state
     install_error_handlers(app)
     app.add_exception_handler(OverloadedError, overloaded_handler)
+    app.add_exception_handler(DrainingError, _draining_handler)
+    app.add_exception_handler(RequestTimeoutError, _timeout_handler)
     app.include_router(generate.router)
     app.include_router(score.router)
     app.include_router(health.router)
@@ -112,8 +165,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """The rnnlm-serve command: load the weights, then run uvicorn on create_app's app."""
-    import uvicorn
-
     parser = _parser()
     args = parser.parse_args(argv)
     overrides = {
@@ -149,16 +200,58 @@ def cli(argv: Sequence[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
-        timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
     )
     state: ServiceState = app.state.service
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, turning not-ready as soon as a shutdown signal arrives."""
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            state.set_phase("draining")
-            super().handle_exit(sig, frame)
-
-    Server(config).run()
+    # sse-starlette ends every event stream once uvicorn stops listening; the drain lets
+    # in-flight streams finish instead (bounded by max_new_tokens and shutdown_timeout_s).
+    if hasattr(AppStatus, "disable_automatic_graceful_drain"):
+        AppStatus.disable_automatic_graceful_drain()
+    DrainingServer(config, lambda: begin_drain(state), settings.drain_seconds).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain: on SIGTERM it keeps listening for drain_seconds, not
+    ready and answering new work 503 while in-flight requests go on, then stops listening,
+    lets in-flight requests finish (timeout_graceful_shutdown) and returns, so the process
+    exits 0. SIGINT (Ctrl-C), or a second signal, skips the rest of the drain; one more
+    forces the exit."""
+
+    def __init__(
+        self, config: uvicorn.Config, on_drain: Callable[[], None], drain_seconds: float
+    ) -> None:
+        super().__init__(config)
+        self.on_drain = on_drain
+        self.drain_seconds = drain_seconds
+        self._drain_asked = False
+        self._drain_until: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The signal handler: only flags here (locks are unsafe in a handler); on_tick acts.
+
+        uvicorn's own handler records the signal and re-raises it after shutdown (exit
+        -15); this one does not, so a drained shutdown exits 0.
+        """
+        if self.should_exit:
+            self.force_exit = True
+        elif sig == signal.SIGTERM and not self._drain_asked and self.drain_seconds > 0:
+            self._drain_asked = True
+        else:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's 0.1 s tick: start the drain once asked, end it after drain_seconds."""
+        if self._drain_asked and self._drain_until is None:
+            self._drain_until = time.monotonic() + self.drain_seconds
+            self.on_drain()
+            logger.info("SIGTERM: draining for %.1f s before closing the listener",
+                        self.drain_seconds)
+        if self._drain_until is not None and time.monotonic() >= self._drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Turn not ready before closing (a SIGINT skips the drain, not the 503s)."""
+        self.on_drain()
+        await super().shutdown(sockets)

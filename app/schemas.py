@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -23,8 +24,35 @@ def _clean(text: str) -> str:
 # Every user string passes through _clean: it may be echoed back in a response or an error.
 Text = Annotated[str, AfterValidator(_clean)]
 
-_REQUEST = ConfigDict(extra="forbid", strict=True)
+# allow_inf_nan=False: Python's JSON parser reads NaN, Infinity and 1e400 as floats; a
+# temperature of Infinity used to be accepted (strict JSON has no such number).
+_REQUEST = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 _RESPONSE = ConfigDict(extra="forbid")
+
+# A 1 MiB body can hold 200,000 invalid list items or 80,000 unknown fields; FastAPI expands
+# every pydantic error into a dict, which took 230 MB for one such request. Lists stop at their
+# first invalid item (fail_fast) and a body with this many unknown fields is one error.
+MAX_UNKNOWN_FIELDS = 20
+
+
+class _Request(BaseModel):
+    """A request body (each subclass sets extra="forbid" and strict)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_fields(cls, data: Any) -> Any:
+        """One error for an object with more than MAX_UNKNOWN_FIELDS unknown fields."""
+        if isinstance(data, dict) and len(data) > len(cls.model_fields) + MAX_UNKNOWN_FIELDS:
+            unknown = [k for k in data if k not in cls.model_fields]
+            if len(unknown) > MAX_UNKNOWN_FIELDS:
+                names = ", ".join(repr(str(k)[:40]) for k in unknown[:5])
+                raise PydanticCustomError(
+                    "too_many_fields",
+                    "{count} unknown fields ({names}, ...)",
+                    {"count": len(unknown), "names": names},
+                )
+        return data
+
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
@@ -60,7 +88,7 @@ class ErrorResponse(BaseModel):
 # --- /generate, /generate_stream, POST / -------------------------------------------------------
 
 
-class GenerateParameters(BaseModel):
+class GenerateParameters(_Request):
     """text-generation-inference's parameters; sampling when do_sample or any warper is set."""
 
     model_config = _REQUEST
@@ -129,6 +157,7 @@ class GenerateParameters(BaseModel):
     )
     stop: list[Text] | None = Field(
         default=None,
+        fail_fast=True,
         description="Stop sequences (at most 4 of at most 8 words), matched on normalised "
         "tokens; the matched sequence is included in the output.",
         examples=[["the end"]],
@@ -187,7 +216,7 @@ class GenerateParameters(BaseModel):
     )
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(_Request):
     """A text-generation-inference generate request."""
 
     model_config = ConfigDict(
@@ -369,7 +398,7 @@ class StreamResponse(BaseModel):
 # --- /perplexity --------------------------------------------------------------------------------
 
 
-class PerplexityRequest(BaseModel):
+class PerplexityRequest(_Request):
     """Texts to score; give exactly one of text and texts."""
 
     model_config = ConfigDict(
@@ -386,6 +415,7 @@ class PerplexityRequest(BaseModel):
     texts: list[Text] | None = Field(
         default=None,
         min_length=1,
+        fail_fast=True,
         description="Texts scored as one batch (at most 256, 20,000 characters each).",
         examples=[["the stock market fell sharply", "prices rose"]],
     )
@@ -491,7 +521,7 @@ class PerplexityResponse(BaseModel):
 # --- /next-word -------------------------------------------------------------------------------
 
 
-class NextWordRequest(BaseModel):
+class NextWordRequest(_Request):
     """A context whose next-word distribution is wanted."""
 
     model_config = ConfigDict(
@@ -514,6 +544,7 @@ class NextWordRequest(BaseModel):
     )
     targets: list[Text] | None = Field(
         default=None,
+        fail_fast=True,
         description="Words whose probability is wanted (at most 100; each one token).",
         examples=[["market", "price"]],
     )
@@ -576,7 +607,7 @@ class NextWordResponse(BaseModel):
 # --- /tokenize --------------------------------------------------------------------------------
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(_Request):
     """A text to normalise and look up."""
 
     model_config = ConfigDict(
@@ -648,6 +679,13 @@ class InfoResponse(BaseModel):
         examples=[{"max_texts": 256, "max_new_tokens": 512}],
     )
     engine: dict[str, Any] = Field(
-        description="Engine settings and counters.",
-        examples=[{"kind": "threaded", "in_flight": 0, "queue_size": 256}],
+        description="Engine settings and counters: batching, queue, prefix-state cache "
+        "(hits, misses, bytes), phase.",
+        examples=[{"kind": "batching", "in_flight": 0, "queue_size": 256, "max_batch_size": 32}],
+    )
+    blas: dict[str, Any] = Field(
+        default_factory=dict,
+        description="numpy's BLAS: OpenBLAS kernel family (corename), threads, OPENBLAS_* "
+        "variables.",
+        examples=[{"numpy": "2.4.6", "corename": "Haswell", "threads": 2, "cpu_avx512": False}],
     )

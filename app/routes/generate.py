@@ -43,13 +43,38 @@ class EventStream(EventSourceResponse):
     media_type = "text/event-stream"
 
 
-# The stream's documented media type comes from response_class; the errors stay JSON.
+# One server-sent event, as OpenAPI 3.1 tools read a text/event-stream schema (FastAPI's own SSE
+# shape): each event's `data` is a StreamResponse, or the error envelope when generation fails.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/StreamResponse"},
+                    {"$ref": "#/components/schemas/ErrorResponse"},
+                ]
+            },
+        },
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+_STREAM_DESCRIPTION = (
+    "Server-sent events, each `data:` a StreamResponse: one per token (the last carries "
+    "generated_text and details); an error mid-stream is an event {error, error_type}."
+)
+
+# No "model" on the 200s: FastAPI would merge its $ref into the event schema. StreamResponse
+# reaches components/schemas as /generate_stream's response_model instead.
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "model": StreamResponse,
-        "description": "Server-sent events, each `data:` a StreamResponse: one per token (the "
-        "last carries generated_text and details); an error mid-stream is an event "
-        "{error, error_type}.",
+        "description": _STREAM_DESCRIPTION,
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
     },
     **{
         code: {
@@ -60,6 +85,16 @@ STREAM_DOC: dict[int | str, dict[str, Any]] = {
         }
         for code, doc in ERROR_RESPONSES.items()
     },
+}
+
+# /generate and / answer JSON, or the event stream with "stream": true.
+GENERATE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": 'The generation; with "stream": true the event stream of '
+        "/generate_stream instead.",
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
+    },
+    **ERROR_RESPONSES,
 }
 
 
@@ -101,6 +136,13 @@ def _check_supported(p: GenerateParameters) -> None:
         raise _unsupported("watermark", "watermarking")
 
 
+# choose_next divides the float64 logits by the temperature and a seen token's logit by the
+# penalty: beyond these bounds that overflows to +-inf (a subnormal temperature left nothing to
+# sample: a 500), and the sampling asked for is already saturated at the bound.
+MIN_TEMPERATURE = 1e-30
+PENALTY_BOUNDS = (1e-30, 1e30)
+
+
 def sampling_params(p: GenerateParameters) -> SamplingParams:
     """TGI's rule: sample when do_sample or any warper is set, otherwise greedy."""
     do_sample = (
@@ -110,13 +152,16 @@ def sampling_params(p: GenerateParameters) -> SamplingParams:
         or (p.top_p is not None and p.top_p < 1.0)
         or (p.typical_p is not None and p.typical_p < 1.0)
     )
+    penalty = p.repetition_penalty
+    if penalty is not None:
+        penalty = min(max(penalty, PENALTY_BOUNDS[0]), PENALTY_BOUNDS[1])
     return SamplingParams(
         do_sample=do_sample,
-        temperature=p.temperature if p.temperature is not None else 1.0,
+        temperature=max(p.temperature, MIN_TEMPERATURE) if p.temperature is not None else 1.0,
         top_k=p.top_k,
         top_p=p.top_p,
         typical_p=p.typical_p,
-        repetition_penalty=p.repetition_penalty,
+        repetition_penalty=penalty,
         ban_unk=p.ban_unk,
     )
 
@@ -381,7 +426,7 @@ async def _answer(
 @router.post(
     "/generate",
     response_model=GenerateResponse,
-    responses=ERROR_RESPONSES,
+    responses=GENERATE_DOC,
     summary="Generate text after a prompt (text-generation-inference's /generate)",
 )
 async def generate(
@@ -396,7 +441,7 @@ async def generate(
 
 @router.post(
     "/generate_stream",
-    response_model=None,
+    response_model=StreamResponse,
     response_class=EventStream,
     responses=STREAM_DOC,
     summary="Generate text as server-sent events, one per token",
@@ -414,7 +459,7 @@ async def generate_stream(
 @router.post(
     "/",
     response_model=list[GenerateResponse],
-    responses=ERROR_RESPONSES,
+    responses=GENERATE_DOC,
     summary="text-generation-inference's compatibility route: a list of one result, or a stream",
 )
 async def compat_generate(

@@ -13,6 +13,7 @@ from app.deps import ServiceState, get_engine, get_state
 from app.engine import Engine
 from app.errors import ApiError
 from app.schemas import ErrorResponse, HealthResponse, InfoResponse
+from model.blas import blas_info
 
 router = APIRouter(tags=["health"])
 
@@ -102,13 +103,14 @@ async def info(
         limits=settings.limits(),
         engine={
             **engine.stats(),
-            "max_batch_size": settings.max_batch_size,
-            "max_batch_wait_ms": settings.max_batch_wait_ms,
             "state_cache_mb": settings.state_cache_mb,
+            "request_timeout_s": settings.request_timeout_s,
+            "drain_seconds": settings.drain_seconds,
             "blas_threads": settings.blas_threads,
             "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
             "phase": state.phase,
         },
+        blas=blas_info(),
     )
 
 
@@ -119,5 +121,5 @@ async def info(
     summary="Prometheus metrics",
 )
 async def metrics(state: ServiceState = Depends(get_state)) -> Response:
-    """Requests and latency by route and status; tokens scored, generated and OOV."""
+    """Requests and latency by route and status; tokens; the engine's queue, batches, cache."""
     return Response(content=state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

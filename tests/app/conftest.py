@@ -189,6 +189,8 @@ def run_server(
             "RNNLM_WEIGHTS": str(weights),
             "OPENBLAS_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
+            # a live test server drains for a moment, not a deployment's 10 s
+            "RNNLM_DRAIN_SECONDS": "0.2",
             **(env or {}),
         }
         cmd = [*(command or serve_command()), "--host", "127.0.0.1", "--port", str(port), *args]

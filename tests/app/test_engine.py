@@ -1,13 +1,31 @@
-"""The engine: the model's pure functions, run off the event loop, with no shared request state."""
+"""The batching engine on its own: results equal the pure functions, the cache, admission."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
 
-from app.engine import Engine, OverloadedError, _groups
+from app.engine import (
+    STREAM_BUFFER,
+    DrainingError,
+    Engine,
+    OverloadedError,
+    PrefixCache,
+    RequestTimeoutError,
+)
 from model.checkpoint import LoadedWeights
-from model.inference import InferenceModel, SamplingParams, generate, next_logprobs, score
+from model.inference import (
+    InferenceModel,
+    LSTMState,
+    SamplingParams,
+    generate,
+    next_logprobs,
+    score,
+)
+from tests.model.test_inference import naive_logprobs
 
 pytestmark = pytest.mark.anyio
 
@@ -15,14 +33,31 @@ GREEDY = SamplingParams(do_sample=False)
 
 
 @pytest.fixture
-def engine(tiny_loaded: LoadedWeights) -> Engine:
-    return Engine(tiny_loaded, queue_size=4)
+def anyio_backend() -> str:
+    return "asyncio"
 
 
-def _seqs(engine: Engine, n: int, rng: np.random.Generator) -> list[list[int]]:
+@pytest.fixture
+async def engine(tiny_loaded: LoadedWeights) -> AsyncIterator[Engine]:
+    e = Engine(tiny_loaded, queue_size=4, max_batch_wait_ms=0)
+    yield e
+    await e.aclose()
+
+
+def _seqs(engine: Engine, n: int, rng: np.random.Generator, longest: int = 30) -> list[list[int]]:
     eos, V = engine.vocab.eos_id, len(engine.vocab)
-    lengths = rng.integers(1, 30, size=n)
+    lengths = rng.integers(1, longest, size=n)
     return [[eos, *rng.integers(0, V, size=int(k)).tolist(), eos] for k in lengths]
+
+
+def _sample(engine: Engine, name: str, **labels: str) -> float:
+    """A sample of the engine's metrics (0 when absent)."""
+    return engine.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def _fed(engine: Engine) -> float:
+    """Token positions the engine ran through its scoring forward so far."""
+    return _sample(engine, "rnnlm_engine_tokens_fed_total", kind="score")
 
 
 async def test_score_matches_the_pure_function(engine: Engine) -> None:
@@ -35,25 +70,20 @@ async def test_score_matches_the_pure_function(engine: Engine) -> None:
     assert engine.stats()["tokens_scored"] == sum(len(s) - 1 for s in seqs)
 
 
-def test_groups_bound_padding_and_cover_every_text() -> None:
-    lengths = [1, 5000, 3, 20000, 7, 7]
-    groups = _groups(lengths, 10_000)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for g in groups:
-        longest = max(lengths[i] for i in g)
-        assert len(g) == 1 or len(g) * longest <= 10_000
-    assert _groups([4, 4, 4], 10_000) == [[0, 1, 2]]  # a typical request is one batch
-
-
-async def test_score_in_several_groups_equals_one_batch(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seqs = _seqs(engine, 6, np.random.default_rng(1))
-    one = await engine.score(seqs)
-    monkeypatch.setattr("app.engine.PAD_BUDGET", 30)
-    split = await engine.score(seqs)
-    for a, b in zip(one, split, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+async def test_long_texts_are_fed_in_chunks(tiny_loaded: LoadedWeights) -> None:
+    engine = Engine(tiny_loaded, max_batch_size=3, max_batch_tokens=8, state_cache_mb=0)
+    try:
+        seqs = _seqs(engine, 5, np.random.default_rng(1), longest=40)
+        got = await engine.score(seqs)
+        stats = engine.stats()
+    finally:
+        await engine.aclose()
+    for g, s in zip(got, seqs, strict=True):
+        want = naive_logprobs(tiny_loaded.params, tiny_loaded.config, s)
+        np.testing.assert_allclose(g, want, atol=1e-4)
+    assert stats["largest_batch"]["score"] <= 3
+    # rows x chunk stay within 8 positions, so the texts took many forwards
+    assert stats["batches"]["score"] >= sum(len(s) - 1 for s in seqs) // 8
 
 
 async def test_next_word_matches_the_pure_function(engine: Engine) -> None:
@@ -61,7 +91,10 @@ async def test_next_word_matches_the_pure_function(engine: Engine) -> None:
     got = await engine.next_word(ctx)
     want, _ = next_logprobs(engine.model, [ctx])
     assert got.shape == (len(engine.vocab),)
-    np.testing.assert_allclose(got, want[0], atol=1e-6)
+    np.testing.assert_allclose(got, want[0], atol=1e-5)
+    one = await engine.next_word([engine.vocab.eos_id])  # a context of <eos> alone
+    np.testing.assert_allclose(one, next_logprobs(engine.model, [[engine.vocab.eos_id]])[0][0],
+                               atol=1e-5)
 
 
 async def _ids(
@@ -70,9 +103,9 @@ async def _ids(
     n: int,
     params: SamplingParams,
     seed: int | None,
-    **kw: object,
+    **kw: Any,
 ) -> list[int]:
-    return [s.id async for s in engine.generate(prompt, n, params, seed, **kw)]  # type: ignore[arg-type]
+    return [s.id async for s in engine.generate(prompt, n, params, seed, **kw)]
 
 
 async def test_generate_matches_the_pure_generator(engine: Engine) -> None:
@@ -140,18 +173,52 @@ async def test_closing_the_generator_stops_generation(engine: Engine) -> None:
     await gen.aclose()
     assert len(taken) == 3
     assert engine.in_flight == 0
-    assert engine.stats()["tokens_generated"] == 3
+    # an unread stream holds at most STREAM_BUFFER tokens ahead of its consumer
+    assert engine.stats()["tokens_generated"] <= 3 + STREAM_BUFFER
+    await engine.score([[engine.vocab.eos_id, 3]])  # the next tick drops it from the batch
+    assert engine.stats()["running_streams"] == 0
 
 
 async def test_overloaded_when_the_queue_is_full(tiny_loaded: LoadedWeights) -> None:
     engine = Engine(tiny_loaded, queue_size=1)
-    gen = engine.generate([engine.vocab.eos_id], 50, GREEDY, None)
-    await anext(gen)
-    with pytest.raises(OverloadedError):
-        await engine.next_word([engine.vocab.eos_id])
-    await gen.aclose()
+    try:
+        gen = engine.generate([engine.vocab.eos_id], 50, GREEDY, None)
+        await anext(gen)
+        with pytest.raises(OverloadedError):
+            await engine.next_word([engine.vocab.eos_id])
+        await gen.aclose()
+        assert await engine.wait_idle(1.0)
+        await engine.next_word([engine.vocab.eos_id])  # room again
+        assert _sample(engine, "rnnlm_engine_rejected_total", reason="overloaded") == 1
+    finally:
+        await engine.aclose()
+
+
+async def test_draining_refuses_new_work_and_finishes_what_is_in(engine: Engine) -> None:
+    gen = engine.generate([engine.vocab.eos_id], 20, GREEDY, None, stop_at_eos=False)
+    first = await anext(gen)
+    engine.drain()
+    with pytest.raises(DrainingError):
+        await engine.score([[engine.vocab.eos_id, 3]])
+    with pytest.raises(DrainingError):
+        await anext(engine.generate([engine.vocab.eos_id], 5, GREEDY, None))
+    rest = [s async for s in gen]
+    assert len([first, *rest]) == 20 and rest[-1].finish_reason == "length"
     assert await engine.wait_idle(1.0)
-    await engine.next_word([engine.vocab.eos_id])  # room again
+
+
+async def test_a_request_past_its_time_limit_is_refused(tiny_loaded: LoadedWeights) -> None:
+    engine = Engine(tiny_loaded, request_timeout_s=1e-9)
+    try:
+        with pytest.raises(RequestTimeoutError, match="request_timeout_s"):
+            await engine.score([[engine.vocab.eos_id, 3, 4]])
+        with pytest.raises(RequestTimeoutError):
+            await engine.next_word([engine.vocab.eos_id, 3])
+        assert engine.in_flight == 0
+        engine.request_timeout_s = None
+        assert len((await engine.score([[engine.vocab.eos_id, 3, 4]]))[0]) == 2  # still works
+    finally:
+        await engine.aclose()
 
 
 async def test_warmup_and_stats(engine: Engine) -> None:
@@ -159,4 +226,117 @@ async def test_warmup_and_stats(engine: Engine) -> None:
     stats = engine.stats()
     assert stats["in_flight"] == 0
     assert stats["queue_size"] == 4
+    assert stats["kind"] == "batching"
     assert isinstance(engine.model, InferenceModel)
+
+
+# --- the prefix-state cache -------------------------------------------------------------------
+
+
+async def test_a_cache_hit_gives_the_cold_numbers_and_feeds_only_new_tokens(
+    tiny_loaded: LoadedWeights,
+) -> None:
+    cold = Engine(tiny_loaded, state_cache_mb=0)
+    warm = Engine(tiny_loaded)
+    try:
+        eos = warm.vocab.eos_id
+        rng = np.random.default_rng(3)
+        base = [eos, *rng.integers(2, len(warm.vocab), 12).tolist()]
+        longer = [*base, *rng.integers(2, len(warm.vocab), 5).tolist()]
+        (a,) = await warm.score([base])
+        fed = _fed(warm)
+        (b,) = await warm.score([longer])  # extends the cached text: only 5 new tokens
+        assert _fed(warm) - fed == len(longer) - len(base)
+        (again,) = await warm.score([longer])  # all cached: nothing fed
+        assert _fed(warm) - fed == len(longer) - len(base)
+        stats = warm.stats()["cache"]
+        assert stats["hits"] == 2 and stats["misses"] == 1
+        assert stats["tokens_saved"] == (len(base) - 1) + (len(longer) - 1)
+        (cold_b,) = await cold.score([longer])
+        assert cold.stats()["cache"]["hits"] == 0 and cold.stats()["cache"]["entries"] == 0
+        np.testing.assert_allclose(b, cold_b, atol=1e-4)
+        np.testing.assert_allclose(again, cold_b, atol=1e-4)
+        np.testing.assert_allclose(b[: len(a)], a, atol=1e-6)  # the cached part is reused
+        want = naive_logprobs(tiny_loaded.params, tiny_loaded.config, longer)
+        np.testing.assert_allclose(b, want, atol=1e-4)
+        # a next-word context and a generation prompt extending the cached text hit too
+        ctx = [*longer, 5, 6]
+        np.testing.assert_allclose(
+            await warm.next_word(ctx), await cold.next_word(ctx), atol=1e-4
+        )
+        assert warm.stats()["cache"]["hits"] == 3
+    finally:
+        await warm.aclose()
+        await cold.aclose()
+
+
+async def test_a_generation_is_cached_for_a_follow_up(tiny_loaded: LoadedWeights) -> None:
+    cold = Engine(tiny_loaded, state_cache_mb=0)
+    warm = Engine(tiny_loaded)
+    try:
+        eos = warm.vocab.eos_id
+        prompt = [eos, 4, 5, 6]
+        params = SamplingParams(do_sample=True, top_p=0.9)
+        one = [s async for s in warm.generate(prompt, 10, params, 11, stop_at_eos=False)]
+        two = [s async for s in warm.generate(prompt, 10, params, 11, stop_at_eos=False)]
+        ref = [s async for s in cold.generate(prompt, 10, params, 11, stop_at_eos=False)]
+        assert [s.id for s in one] == [s.id for s in two] == [s.id for s in ref]
+        np.testing.assert_allclose([s.logprob for s in two], [s.logprob for s in ref], atol=1e-4)
+        assert warm.stats()["cache"]["hits"] == 1  # the second prompt was read from the cache
+        # a follow-up that extends prompt + generated text starts from the generation's end
+        follow = [*prompt, *(s.id for s in one), 7]
+        fed = _fed(warm)
+        (lp,) = await warm.score([follow])
+        assert _fed(warm) - fed == 1
+        np.testing.assert_allclose(lp, (await cold.score([follow]))[0], atol=1e-4)
+        np.testing.assert_allclose(
+            lp[len(prompt) - 1 : -1], [s.logprob for s in one], atol=1e-4
+        )  # the generated tokens' log-probs are what generation reported
+    finally:
+        await warm.aclose()
+        await cold.aclose()
+
+
+async def test_cache_entries_are_read_only(engine: Engine) -> None:
+    await engine.score(_seqs(engine, 3, np.random.default_rng(4)))
+    entries = engine.cache.entries()
+    assert len(entries) == 3
+    for e in entries:
+        for a in (e.state.h, e.state.c, e.logprobs):
+            assert not a.flags.writeable
+            with pytest.raises(ValueError, match="read-only"):
+                a[...] = 0
+
+
+def _state(n: int = 1, value: float = 0.0) -> LSTMState:
+    h = np.full((2, n, 4), value, np.float32)
+    return LSTMState(h, h.copy())
+
+
+def test_prefix_cache_is_an_lru_bounded_in_bytes() -> None:
+    def ids(*xs: int) -> np.ndarray:
+        return np.array(xs, np.int32)
+
+    probe = PrefixCache(1 << 20)
+    probe.insert(ids(0, 1, 2), _state(), np.zeros(2, np.float32))
+    per_entry = probe.nbytes
+    cache = PrefixCache(3 * per_entry)
+    for k in range(5):
+        cache.insert(ids(0, 1, 2 + k), _state(value=k), np.full(2, k, np.float32))
+    assert len(cache) == 3 and cache.nbytes <= cache.capacity_bytes
+    assert cache.stats()["evictions"] == 2
+    assert cache.lookup(ids(0, 1, 2, 9), 4) is None  # the oldest two were evicted
+    hit = cache.lookup(ids(0, 1, 4, 9, 9), 5)
+    assert hit is not None and hit.length == 3 and float(hit.logprobs[0]) == 2.0
+    assert cache.lookup(ids(0, 1, 4), 2) is None  # the key is longer than allowed
+    # a hit is the most recent: the next insert evicts (0, 1, 5), not (0, 1, 4)
+    cache.insert(ids(0, 1, 7), _state(), np.zeros(2, np.float32))
+    assert cache.lookup(ids(0, 1, 4), 3) is not None
+    assert cache.lookup(ids(0, 1, 5), 3) is None
+    # the longest cached prefix wins
+    cache.insert(ids(0, 1, 4, 8, 8), _state(), np.zeros(4, np.float32))
+    hit = cache.lookup(ids(0, 1, 4, 8, 8, 3), 6)
+    assert hit is not None and hit.length == 5
+    off = PrefixCache(0)
+    off.insert(ids(0, 1, 2), _state(), np.zeros(2, np.float32))
+    assert len(off) == 0 and off.lookup(ids(0, 1, 2), 3) is None and off.misses == 1

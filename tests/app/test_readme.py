@@ -59,7 +59,8 @@ def test_curl_example(cmd: str, server: LiveServer) -> None:
     cmd = cmd.replace("localhost:8000", f"127.0.0.1:{port}").replace("curl -s", "curl -sf", 1)
     r = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode in (0, 141), f"{cmd}\n{r.stderr}"  # 141: head closed the pipe
+    # 23 and 141: head closed the pipe before curl finished writing
+    assert r.returncode in (0, 23, 141), f"{cmd}\n{r.stderr}"
     out = r.stdout.strip()
     assert out
     if "/metrics" not in cmd and "generate_stream" not in cmd:

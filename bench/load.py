@@ -1,0 +1,417 @@
+"""Load benchmark: a batched and an unbatched rnnlm-serve under 1 to 64 concurrent clients.
+
+Starts two loopback servers from the same weights: one batched (RNNLM_MAX_BATCH_SIZE=32), one
+unbatched (RNNLM_MAX_BATCH_SIZE=1: requests are served one after another). Each scenario (an
+endpoint and a number of concurrent async httpx clients, each sending its next request when
+the last is answered) runs on the batched server, then on the unbatched one, bounded in
+requests and in time, and prints requests/s, tokens/s (scored or generated) and p50/p95/p99
+latency. /perplexity sends single PTB test sentences; /generate sends the first words of
+one as the prompt, max_new_tokens 50, stop_at_eos false (greedy).
+
+Targets (a 2x650 model, `--model 650`): at 32 /generate clients the batched server's tokens/s
+is at least 5x the unbatched one's; /perplexity p99 latency at 8 clients is at most 1.5x the
+single-client latency (p50); no errors. Run it on a quiet machine: it warns when other
+processes use the CPUs.
+
+  python -m bench.load                 # the shipped weights/ptb-small, every scenario
+  python -m bench.load --model 650     # random 2x650 weights (written to a temp dir)
+  python -m bench.load --quick         # < 3 min: /generate at 1 and 32 clients; the last
+                                       # line is the batched/unbatched tokens/s at 32
+  python -m bench.load --smoke         # seconds: a tiny model, tiny counts (timings mean nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from app.config import DEFAULT_WEIGHTS
+from model.checkpoint import load_weights, save_weights
+from model.corpus import DATA_DIR_ENV, PTB_FILES, build_vocab
+from model.rnnlm import ModelConfig
+from model.vocab import Vocab
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_PTB = REPO_ROOT.parent / "shared" / "data" / "ptb"
+GEN_TOKENS = 50
+TARGET_GEN_RATIO = 5.0  # batched / unbatched generated tokens/s at 32 clients
+TARGET_P99_RATIO = 1.5  # /perplexity p99 at 8 clients / p50 at 1 client (batched)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def find_data_dir(flag: str | None) -> Path | None:
+    """--data-dir, else $RNNLM_DATA_DIR, else ../shared/data/ptb; None when absent."""
+    path = Path(flag or os.environ.get(DATA_DIR_ENV, "") or SHARED_PTB)
+    if all((path / name).is_file() for name in PTB_FILES.values()):
+        return path
+    print(f"note: PTB not found at {path} (pass --data-dir or set {DATA_DIR_ENV}); "
+          "sending random words of the vocabulary instead")
+    return None
+
+
+def sentences(data_dir: Path | None, vocab: Vocab, n: int = 3000) -> list[str]:
+    """PTB test sentences (lines of ptb.test.txt), or random word strings without the data."""
+    if data_dir is not None:
+        lines = (data_dir / PTB_FILES["test"]).read_text(encoding="utf-8").splitlines()
+        out = [" ".join(ln.split()) for ln in lines if len(ln.split()) >= 3]
+        if out:
+            return out
+    rng = np.random.default_rng(0)
+    words = [w for w in vocab.id_to_word if not w.startswith("<")]
+    return [" ".join(rng.choice(words, int(k))) for k in rng.integers(5, 40, n)]
+
+
+def default_vocab(data_dir: Path | None) -> Vocab:
+    """The shipped model's vocabulary, else the PTB one, else 10,000 made-up words."""
+    with contextlib.suppress(Exception):
+        return load_weights(DEFAULT_WEIGHTS).vocab
+    if data_dir is not None:
+        return build_vocab(data_dir)
+    return Vocab(["<eos>", "<unk>", *(f"w{i}" for i in range(9998))])
+
+
+def random_weights(hidden: int, vocab: Vocab, out: Path) -> Path:
+    """A random tied 2 x hidden model, scaled like a trained one (peaked distributions)."""
+    cfg = ModelConfig(len(vocab), hidden, hidden, 2, True, 0.5)
+    rng = np.random.default_rng(0)
+    params: dict[str, np.ndarray] = {}
+    for name, shape in cfg.param_shapes().items():
+        if name == "embed.W":
+            w = rng.standard_normal(shape) * (8.0 / np.sqrt(hidden))
+        elif name == "affine.b":
+            w = rng.standard_normal(shape)
+        elif name.endswith(".b"):
+            w = rng.standard_normal(shape) * 0.1
+        else:
+            w = rng.standard_normal(shape) / np.sqrt(shape[0])
+        params[name] = w.astype(np.float32)
+    return save_weights(out, cfg, params, vocab, dtype="float32")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    """An rnnlm-serve subprocess."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(name: str, weights: Path, batch_size: int, log_dir: Path) -> Iterator[Server]:
+    """Start rnnlm-serve on a loopback port with the given batch size; stop it after."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "RNNLM_WEIGHTS": str(weights),
+        "RNNLM_MAX_BATCH_SIZE": str(batch_size),
+        "RNNLM_QUEUE_SIZE": "4096",
+        "RNNLM_REQUEST_TIMEOUT_S": "900",
+        "RNNLM_MAX_NEW_TOKENS": str(max(GEN_TOKENS, 512)),
+        "RNNLM_DRAIN_SECONDS": "0",
+        "RNNLM_LOG_LEVEL": "warning",
+    }
+    log = log_dir / f"{name}.log"
+    cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    server = Server(name, f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{name} server did not start:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(server.url + "/health/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class Result:
+    """One scenario on one server."""
+
+    server: str
+    endpoint: str
+    clients: int
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    tokens: int = 0
+    errors: int = 0
+    first_error: str = ""
+
+    def pct(self, q: float) -> float:
+        """Latency percentile q in ms (nan without answers)."""
+        return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    @property
+    def tps(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def row(self) -> list[str]:
+        return [self.server, self.endpoint, str(self.clients), str(len(self.latencies)),
+                str(self.errors), f"{self.seconds:.1f}", f"{self.rps:.1f}", f"{self.tps:.0f}",
+                f"{self.pct(50):.0f}", f"{self.pct(95):.0f}", f"{self.pct(99):.0f}"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"server": self.server, "endpoint": self.endpoint, "clients": self.clients,
+                "requests": len(self.latencies), "errors": self.errors,
+                "seconds": round(self.seconds, 3), "requests_per_s": round(self.rps, 2),
+                "tokens_per_s": round(self.tps, 1), "p50_ms": round(self.pct(50), 1),
+                "p95_ms": round(self.pct(95), 1), "p99_ms": round(self.pct(99), 1),
+                "first_error": self.first_error or None}
+
+
+def body_of(endpoint: str, text: str, max_new: int) -> dict[str, Any]:
+    """A request: one sentence to score, or its first five words as a prompt."""
+    if endpoint == "/perplexity":
+        return {"text": text}
+    prompt = " ".join(text.split()[:5])
+    return {"inputs": prompt,
+            "parameters": {"max_new_tokens": max_new, "stop_at_eos": False, "details": True}}
+
+
+def tokens_of(endpoint: str, answer: dict[str, Any]) -> int:
+    """Tokens scored or generated by an answer."""
+    if endpoint == "/perplexity":
+        return int(answer["aggregate"]["num_tokens"])
+    return int(answer["details"]["generated_tokens"])
+
+
+async def drive(server: Server, endpoint: str, clients: int, texts: list[str], total: int,
+                limit_s: float, max_new: int) -> Result:
+    """`clients` concurrent clients, each sending its next request when answered, until
+    `total` requests are sent or limit_s has passed."""
+    res = Result(server.name, endpoint, clients)
+    issued = 0
+    start = time.perf_counter()
+    deadline = start + limit_s
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as http:
+
+        async def client() -> None:
+            nonlocal issued
+            while issued < total and time.perf_counter() < deadline:
+                text = texts[issued % len(texts)]
+                issued += 1
+                t0 = time.perf_counter()
+                try:
+                    r = await http.post(endpoint, json=body_of(endpoint, text, max_new))
+                    ok = r.status_code == 200
+                    if ok:
+                        res.tokens += tokens_of(endpoint, r.json())
+                    elif not res.first_error:
+                        res.first_error = f"{r.status_code} {r.text[:200]}"
+                except httpx.HTTPError as e:
+                    ok = False
+                    res.first_error = res.first_error or repr(e)
+                if ok:
+                    res.latencies.append(time.perf_counter() - t0)
+                else:
+                    res.errors += 1
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    res.seconds = time.perf_counter() - start
+    return res
+
+
+async def warm(server: Server, texts: list[str], max_new: int) -> None:
+    """A few requests of each kind before timing (first-call costs, caches of the process)."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=600) as http:
+        for endpoint in ("/perplexity", "/generate"):
+            await asyncio.gather(*(http.post(endpoint, json=body_of(endpoint, t, max_new))
+                                   for t in texts[-4:]))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def cpu_others(seconds: float = 0.5) -> float:
+    """Percent of all CPU time other processes used over a short idle wait (Linux)."""
+    def ticks() -> tuple[int, int]:
+        try:
+            v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        except (OSError, ValueError):
+            return 0, 1
+        return v[0] + v[1] + v[2] + v[5] + v[6], sum(v)
+
+    b0, t0 = ticks()
+    time.sleep(seconds)
+    b1, t1 = ticks()
+    return 100.0 * (b1 - b0) / max(t1 - t0, 1)
+
+
+def print_table(results: list[Result]) -> None:
+    head = ["server", "endpoint", "clients", "ok", "errors", "s", "req/s", "tok/s", "p50 ms",
+            "p95 ms", "p99 ms"]
+    rows = [head, *(r.row() for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for n, row in enumerate(rows):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)), flush=True)
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def find(results: list[Result], server: str, endpoint: str, clients: int) -> Result | None:
+    return next((r for r in results if (r.server, r.endpoint, r.clients) ==
+                 (server, endpoint, clients)), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help="< 3 min: /generate only, 1 and 32 clients, fewer requests")
+    mode.add_argument("--smoke", action="store_true",
+                      help="seconds: a tiny random model and tiny counts (checks the script)")
+    p.add_argument("--model", choices=["shipped", "650"], default="shipped",
+                   help="the shipped weights/ptb-small (default) or random 2x650 weights")
+    p.add_argument("--weights", help="serve this weights directory instead")
+    p.add_argument("--data-dir", help=f"PTB folder (default ${DATA_DIR_ENV} or "
+                   "../shared/data/ptb)")
+    p.add_argument("--clients", help="comma-separated client counts (default 1,8,32,64)")
+    p.add_argument("--time-limit", type=float, help="seconds per scenario and server")
+    p.add_argument("--batch-size", type=int, default=32, help="the batched server's batch size")
+    args = p.parse_args(argv)
+
+    clients = [1, 32] if args.quick else [1, 4] if args.smoke else [1, 8, 32, 64]
+    if args.clients:
+        clients = [int(c) for c in args.clients.split(",")]
+    endpoints = ["/generate"] if args.quick else ["/perplexity", "/generate"]
+    limit_s = args.time_limit or (10.0 if args.smoke else 30.0 if args.quick else 60.0)
+    max_new = 10 if args.smoke else GEN_TOKENS
+
+    def total(endpoint: str, n: int) -> int:
+        if args.smoke:
+            return 2 * n
+        if endpoint == "/perplexity":
+            return max(50, 4 * n)
+        return max(6, 2 * n) if args.quick else max(16, 3 * n)
+
+    others = cpu_others()
+    if others > 10:
+        print(f"WARNING: other processes use {others:.0f}% of the CPUs (a training run?): "
+              "timings will be slow and noisy; compare ratios only on a quiet machine")
+    data_dir = find_data_dir(args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="rnnlm-load-") as tmp:
+        tmp_dir = Path(tmp)
+        if args.weights:
+            weights = Path(args.weights)
+        elif args.smoke:
+            weights = random_weights(32, default_vocab(data_dir), tmp_dir / "smoke-2x32")
+        elif args.model == "650":
+            weights = random_weights(650, default_vocab(data_dir), tmp_dir / "random-2x650")
+        else:
+            weights = DEFAULT_WEIGHTS
+        loaded = load_weights(weights)
+        cfg = loaded.config
+        texts = sentences(data_dir, loaded.vocab)
+        print(f"model {cfg.num_layers}x{cfg.hidden_size} V={cfg.vocab_size} ({weights}); "
+              f"clients {clients}; {len(texts)} test sentences; at most {limit_s:.0f} s per "
+              "scenario and server", flush=True)
+        results: list[Result] = []
+        with (serve("batched", weights, args.batch_size, tmp_dir) as batched,
+              serve("unbatched", weights, 1, tmp_dir) as unbatched):
+            info = httpx.get(batched.url + "/info", timeout=30).json()
+            print("blas:", json.dumps(info.get("blas")), flush=True)
+            for server in (batched, unbatched):
+                asyncio.run(warm(server, texts, max_new))
+            rng = np.random.default_rng(0)
+            for endpoint in endpoints:
+                for n in clients:
+                    # the same requests for both servers, a fresh slice per scenario
+                    start = int(rng.integers(0, len(texts)))
+                    batch = texts[start:] + texts[:start]
+                    for server in (batched, unbatched):
+                        results.append(asyncio.run(drive(
+                            server, endpoint, n, batch, total(endpoint, n), limit_s, max_new)))
+                        time.sleep(0.5)  # let the idle BLAS threads stop spinning
+                    print(f"  done: {endpoint} x {n} clients", flush=True)
+        print()
+        print_table(results)
+        print()
+        errors = sum(r.errors for r in results)
+        for r in results:
+            if r.first_error:
+                print(f"first error on {r.server} {r.endpoint} x {r.clients}: {r.first_error}")
+        summary: dict[str, Any] = {"errors": errors}
+        n_gen = 32 if 32 in clients else max(clients)
+        gb, gu = find(results, "batched", "/generate", n_gen), find(
+            results, "unbatched", "/generate", n_gen)
+        ratio = gb.tps / gu.tps if gb and gu and gu.tps else float("nan")
+        summary["generate_tokens_per_s_ratio"] = {"clients": n_gen, "ratio": round(ratio, 2),
+                                                  "target": TARGET_GEN_RATIO}
+        verdict = "ok" if ratio >= TARGET_GEN_RATIO else "MISS"
+        print(f"/generate x {n_gen}: batched {gb.tps if gb else 0:.0f} tok/s, unbatched "
+              f"{gu.tps if gu else 0:.0f} tok/s: {ratio:.2f}x (target >= {TARGET_GEN_RATIO:g}x "
+              f"with 2x650) {verdict}")
+        p1 = find(results, "batched", "/perplexity", 1)
+        p8 = find(results, "batched", "/perplexity", 8)
+        if p1 and p8 and p1.latencies and p8.latencies:
+            single = statistics.median(p1.latencies) * 1e3
+            lat = p8.pct(99) / single
+            summary["perplexity_p99_8_over_single"] = {"ratio": round(lat, 2),
+                                                       "target": TARGET_P99_RATIO}
+            print(f"/perplexity: p99 at 8 clients {p8.pct(99):.0f} ms, single client "
+                  f"{single:.0f} ms: {lat:.2f}x (target <= {TARGET_P99_RATIO:g}x) "
+                  f"{'ok' if lat <= TARGET_P99_RATIO else 'MISS'}")
+        print(f"errors: {errors} ({'ok' if errors == 0 else 'MISS'})")
+        summary["results"] = [r.as_dict() for r in results]
+        summary["model"] = f"{cfg.num_layers}x{cfg.hidden_size}"
+        summary["others_cpu_pct"] = round(others, 1)
+        if args.quick:
+            print(json.dumps(summary))
+            print(f"batched/unbatched generated tokens/s at {n_gen} clients: {ratio:.2f}")
+        else:
+            print(json.dumps(summary))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
