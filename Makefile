@@ -49,10 +49,11 @@ $(BENCH_VENV)/.installed: pyproject.toml constraints.txt
 	$(BENCH_VENV)/bin/pip install -q -c constraints.txt -e .
 	touch $@
 
-bench: $(BENCH_VENV)/.installed
+bench: $(BENCH_VENV)/.installed $(VENV)/.installed-test
 	$(BENCH_VENV)/bin/python -m bench.score
 	$(BENCH_VENV)/bin/python -m bench.train
 	$(BENCH_VENV)/bin/python -m bench.generate
+	$(BIN)/python -m bench.load --model 650 --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
