@@ -77,3 +77,11 @@ def test_python_example(code: str, server: LiveServer, tmp_path: Path) -> None:
                        timeout=120, cwd=README.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip()
+
+
+def test_readme_documents_every_setting() -> None:
+    from app.config import Settings
+
+    text = README.read_text(encoding="utf-8")
+    missing = [n for n in Settings.model_fields if f"`RNNLM_{n.upper()}`" not in text]
+    assert not missing, f"README's configuration table lacks {missing}"
