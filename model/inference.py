@@ -225,6 +225,9 @@ class SamplingParams:
             raise ValueError("repetition_penalty must be > 0")
 
 
+_MAX = float(np.finfo(np.float64).max)
+
+
 def _nucleus(probs: np.ndarray, order: np.ndarray, p: float) -> np.ndarray:
     """The smallest prefix of ``order`` (descending probability) whose mass reaches p."""
     cum = np.cumsum(probs[order])
@@ -253,12 +256,16 @@ def choose_next(
     if rp is not None and rp != 1.0 and len(history):
         seen = np.unique(np.asarray(history, dtype=np.int64))
         v = x[seen]
-        x[seen] = np.where(v > 0, v / rp, v * rp)
+        with np.errstate(over="ignore"):  # an extreme penalty saturates, never reaches inf
+            x[seen] = np.clip(np.where(v > 0, v / rp, v * rp), -_MAX, _MAX)
     if not params.do_sample:
         return int(np.argmax(x))
     if rng is None:
         raise ValueError("sampling needs a np.random.Generator")
-    x /= params.temperature
+    # Shift first: the best token stays at 0 whatever the temperature, so a tiny one sends
+    # the others to -inf instead of sending every finite logit to +-inf.
+    with np.errstate(over="ignore"):
+        x = (x - x.max()) / params.temperature
     if params.top_k is not None and params.top_k < len(x):
         cand = np.argpartition(-x, params.top_k - 1)[: params.top_k]
     else:
