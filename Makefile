@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 DATA_DIR ?= ../shared/data/ptb
 export RNNLM_DATA_DIR ?= $(DATA_DIR)
 
-.PHONY: serve test lint train bench fuzz soak clean
+.PHONY: serve test lint train bench fuzz soak openapi clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench: $(BENCH_VENV)/.installed $(VENV)/.installed-test
 	$(BENCH_VENV)/bin/python -m bench.train
 	$(BENCH_VENV)/bin/python -m bench.generate
 	$(BIN)/python -m bench.load --model 650 --quick
+
+# The committed API document; tests/app/test_openapi.py fails when it drifts from the app.
+openapi: $(VENV)/.installed-run
+	$(BIN)/python -m app.openapi --out openapi.json
 
 FUZZ_EXAMPLES ?= 500
 SOAK_MINUTES ?= 10
