@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.functions import logsumexp
-from model.layers import lstm_cell, lstm_scan
+from model.functions import logsumexp, sigmoid
+from model.layers import lstm_scan
 from model.rnnlm import LSTMState, ModelConfig
 
 __all__ = [
@@ -34,14 +34,35 @@ __all__ = [
 CHUNK_ROWS = 1024
 
 
+def _fiog(H: int) -> np.ndarray:
+    """Column order taking the book's gates [f, g, i, o] to [f, i, o, g]."""
+    return np.concatenate([np.arange(0, H), np.arange(2 * H, 4 * H), np.arange(H, 2 * H)])
+
+
+def _cell_fiog(
+    a: np.ndarray, c_prev: np.ndarray, c: np.ndarray, tc: np.ndarray, h: np.ndarray,
+    gi: np.ndarray,
+) -> None:
+    """layers.lstm_cell for gates stored as [f, i, o, g]: one sigmoid call covers 3H."""
+    H = c.shape[-1]
+    fio, g = a[:, : 3 * H], a[:, 3 * H :]
+    sigmoid(fio, out=fio)
+    np.tanh(g, out=g)
+    np.multiply(a[:, :H], c_prev, out=c)
+    np.multiply(g, a[:, H : 2 * H], out=gi)
+    c += gi
+    np.tanh(c, out=tc)
+    np.multiply(a[:, 2 * H : 3 * H], tc, out=h)
+
+
 @dataclass(frozen=True, eq=False)
 class InferenceModel:
     """Read-only float32 weights arranged for inference."""
 
     config: ModelConfig
     embed: np.ndarray  # (V, D)
-    Wxh: tuple[np.ndarray, ...]  # per layer (D_in + H, 4H): Wx stacked over Wh
-    b: tuple[np.ndarray, ...]  # per layer (4H,)
+    Wxh: tuple[np.ndarray, ...]  # per layer (D_in + H, 4H): Wx over Wh, gates [f, i, o, g]
+    b: tuple[np.ndarray, ...]  # per layer (4H,), gates [f, i, o, g]
     out_W: np.ndarray  # (H, V); a transposed view of ``embed`` when tied
     out_b: np.ndarray  # (V,)
 
@@ -56,12 +77,16 @@ class InferenceModel:
 
         embed = frozen(params["embed.W"])
         # Stacking Wx over Wh makes a decoding step one matrix product [x, h] @ Wxh per
-        # layer, while Wxh[:D_in] and Wxh[D_in:] remain contiguous views for windows.
+        # layer, while Wxh[:D_in] and Wxh[D_in:] remain contiguous views for windows. The
+        # gates are reordered to [f, i, o, g] so one sigmoid call covers the three sigmoid
+        # gates: per-step call overhead is what a batch-1 request pays for.
+        perm = _fiog(config.hidden_size)
         Wxh = tuple(
-            frozen(np.concatenate([params[f"lstm.{k}.Wx"], params[f"lstm.{k}.Wh"]], axis=0))
+            frozen(np.concatenate([params[f"lstm.{k}.Wx"], params[f"lstm.{k}.Wh"]],
+                                  axis=0)[:, perm])
             for k in range(config.num_layers)
         )
-        b = tuple(frozen(params[f"lstm.{k}.b"]) for k in range(config.num_layers))
+        b = tuple(frozen(params[f"lstm.{k}.b"][perm]) for k in range(config.num_layers))
         out_W = embed.T if config.tied else frozen(params["affine.W"])
         return cls(config, embed, Wxh, b, out_W, frozen(params["affine.b"]))
 
@@ -113,7 +138,7 @@ def run(
         Wx, Wh = model._split(k)
         A = (x.reshape(T * N, -1) @ Wx).reshape(T, N, -1)  # (T, N, 4H)
         A += model.b[k]
-        h_all, c_all, _ = lstm_scan(A, Wh, state.h[k], state.c[k])
+        h_all, c_all, _ = lstm_scan(A, Wh, state.h[k], state.c[k], cell=_cell_fiog)
         hs.append(h_all[lengths, rows])
         cs.append(c_all[lengths, rows])
         x = h_all[1:]  # (T, N, H)
@@ -193,7 +218,7 @@ def step(model: InferenceModel, ids: np.ndarray, state: LSTMState) -> tuple[np.n
         xh = np.concatenate([x, state.h[k]], axis=1)  # (N, D_in + H)
         a = xh @ model.Wxh[k]  # (N, 4H)
         a += model.b[k]
-        lstm_cell(a, state.c[k], c_new[k], tc, h_new[k], gi)
+        _cell_fiog(a, state.c[k], c_new[k], tc, h_new[k], gi)
         x = h_new[k]
     logits = x @ model.out_W  # (N, V)
     logits += model.out_b

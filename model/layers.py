@@ -7,6 +7,8 @@ from the last forward; they hold no recurrent state (state is passed in and out)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from model.functions import sigmoid
@@ -167,11 +169,16 @@ def lstm_cell(
 
 
 def lstm_scan(
-    A: np.ndarray, Wh: np.ndarray, h0: np.ndarray, c0: np.ndarray
+    A: np.ndarray,
+    Wh: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray,
+    cell: Callable[..., None] = lstm_cell,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the LSTM recurrence over a window given A = x Wx + b, shape (T, N, 4H).
 
-    A is overwritten with the gate activations (backward needs them).
+    A is overwritten with the gate activations (backward needs them); ``cell`` is the
+    step's gate function (lstm_cell, the book's gate order, unless inference reorders).
     Returns h_all and c_all of shape (T+1, N, H) (index 0 holds h0, c0) and tanh(c),
     (T, N, H).
     """
@@ -189,7 +196,7 @@ def lstm_scan(
         a = A[t]
         np.matmul(h_all[t], Wh, out=hWh)
         a += hWh
-        lstm_cell(a, c_all[t], c_all[t + 1], tc[t], h_all[t + 1], gi)
+        cell(a, c_all[t], c_all[t + 1], tc[t], h_all[t + 1], gi)
     return h_all, c_all, tc
 
 
