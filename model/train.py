@@ -419,7 +419,7 @@ def _parse_bool(s: str) -> bool:
 def _export(
     trainer: Trainer, out: Path, vocab: Vocab, dtype: Literal["float16", "float32"],
     data_dir: Path, finished: bool,
-    run_dir: Path, final_eval: bool,
+    run_dir: Path, final_eval: bool, progress: bool = True,
 ) -> None:
     """Write the best-validation parameters as a weights directory, with log and curve."""
     from model.checkpoint import save_weights, update_metrics
@@ -448,7 +448,7 @@ def _export(
     if finished and final_eval:
         from model.cli import all_metrics
 
-        update_metrics(out, all_metrics(out, data_dir))
+        update_metrics(out, all_metrics(out, data_dir, progress=progress))
     log.info("wrote %s (%s)", out, "final" if finished else f"after epoch {st.epoch}")
 
 
@@ -532,7 +532,8 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         for s, h in old.items():
             signal.signal(s, h)
     if finished:
-        _export(trainer, out, vocab, args.dtype, data_dir, True, run_dir, not args.no_final_eval)
+        _export(trainer, out, vocab, args.dtype, data_dir, True, run_dir,
+                not args.no_final_eval, progress=not args.quiet)
     st = trainer.state
     return {
         "status": "finished" if finished else "stopped",
