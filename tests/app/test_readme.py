@@ -29,7 +29,8 @@ def curl_commands() -> list[str]:
     cmds = []
     for block in blocks("bash"):
         for cmd in block.replace("\\\n", " ").splitlines():
-            if cmd.strip().startswith("curl "):
+            # /nginx-health exists only behind the scale-out proxy (docker compose)
+            if cmd.strip().startswith("curl ") and "nginx-health" not in cmd:
                 cmds.append(cmd.split("  #")[0].strip())
     return cmds
 
