@@ -357,7 +357,7 @@ class Trainer:
                         "seconds": st.seconds,
                     }
                     self._log(record)
-                    bar.set_postfix(ppl=f"{record['ppl']:.1f}",
+                    bar.set_postfix(loss=f"{avg:.3f}", ppl=f"{record['ppl']:.1f}",
                                     tok_s=f"{record['tokens_per_sec']:.0f}", lr=st.lr)
                     loss_sum, loss_n, t_int = 0.0, 0, time.perf_counter()
                 now = time.monotonic()
