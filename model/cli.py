@@ -30,23 +30,14 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
     sys.stdout.flush()
 
 
-def evaluate_split(
-    weights_dir: str | Path,
-    data_dir: str | Path | None,
-    split: str = "test",
-    book_batching: bool = False,
-    progress: bool = True,
+def _score_split(
+    model: Any, ids: np.ndarray, split: str, book_batching: bool, progress: bool
 ) -> dict[str, Any]:
-    """Perplexity of a weights directory on a PTB split (DESIGN.md scoring conventions)."""
+    """Perplexity of an InferenceModel on one split's ids (DESIGN.md scoring conventions)."""
     from tqdm import tqdm
 
-    from model.checkpoint import load_weights
-    from model.corpus import load_split, resolve_data_dir
-    from model.inference import InferenceModel, corpus_logprobs
+    from model.inference import corpus_logprobs
 
-    w = load_weights(weights_dir)
-    ids = load_split(resolve_data_dir(data_dir), split, w.vocab)
-    model = InferenceModel.from_params(w.config, w.params)
     L = len(ids)
     total = ((L - 1) // 350) * 350 if book_batching else L - 1
     t0 = time.perf_counter()
@@ -58,7 +49,6 @@ def evaluate_split(
     log_prob = float(lp.astype(np.float64).sum())
     n = int(lp.size)
     return {
-        "weights": str(weights_dir),
         "split": split,
         "book_batching": book_batching,
         "perplexity": math.exp(-log_prob / n),
@@ -69,14 +59,44 @@ def evaluate_split(
     }
 
 
+def _load_for_eval(weights_dir: str | Path, data_dir: str | Path | None) -> tuple[Any, Any, Path]:
+    """The weights (checked once), the model built from them and the data folder."""
+    from model.checkpoint import load_weights
+    from model.corpus import resolve_data_dir
+    from model.inference import InferenceModel
+
+    w = load_weights(weights_dir)
+    return w, InferenceModel.from_params(w.config, w.params), resolve_data_dir(data_dir)
+
+
+def evaluate_split(
+    weights_dir: str | Path,
+    data_dir: str | Path | None,
+    split: str = "test",
+    book_batching: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Perplexity of a weights directory on a PTB split (DESIGN.md scoring conventions)."""
+    from model.corpus import load_split
+
+    w, model, data = _load_for_eval(weights_dir, data_dir)
+    ids = load_split(data, split, w.vocab)
+    return {"weights": str(weights_dir), **_score_split(model, ids, split, book_batching,
+                                                        progress)}
+
+
 def all_metrics(
     weights_dir: str | Path, data_dir: str | Path | None, progress: bool = True
 ) -> dict[str, float]:
-    """The four metrics of DESIGN.md's config.json."""
+    """The four metrics of DESIGN.md's config.json (weights and each split read once)."""
+    from model.corpus import load_split
+
+    w, model, data = _load_for_eval(weights_dir, data_dir)
     out: dict[str, float] = {}
     for split in ("valid", "test"):
+        ids = load_split(data, split, w.vocab)
         for book, suffix in ((False, ""), (True, "_book")):
-            r = evaluate_split(weights_dir, data_dir, split, book, progress)
+            r = _score_split(model, ids, split, book, progress)
             out[f"{split}_perplexity{suffix}"] = round(r["perplexity"], 4)
     return out
 
