@@ -405,6 +405,7 @@ class Engine:
         self._batches: Counter[str] = Counter()
         self._largest: Counter[str] = Counter()
         self._largest_requests: Counter[str] = Counter()
+        self._last_tick_requests = 1  # distinct requests in the last tick: the next one's aim
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -656,12 +657,18 @@ class Engine:
                     self._fail_tick(tick, e)
 
     async def _fill_window(self) -> None:
-        """After idling: wait up to max_batch_wait_ms for a batch to fill with more requests."""
+        """After idling: wait up to max_batch_wait_ms for as many requests as the last tick had.
+
+        A client alone (the last tick served one request) never waits; clients that came
+        together come back together, so the next batch waits for that many, not for
+        max_batch_size, and starts as soon as they are in.
+        """
         if self.max_batch_wait_s <= 0 or self._running:
             return
         assert self._wakeup is not None
+        want = min(self.max_batch_size, self._last_tick_requests)
         deadline = time.perf_counter() + self.max_batch_wait_s
-        while len(self._score_rows) + len(self._waiting) < self.max_batch_size:
+        while len(self._unstarted) + len(self._waiting) < want:
             left = deadline - time.perf_counter()
             if left <= 0:
                 return
@@ -793,6 +800,8 @@ class Engine:
         """Hand the tick's results to their requests (event loop)."""
         m = self.metrics
         m.forward_time.observe(res.seconds)
+        owners = {id(row.owner) for row, _ in tick.feed} | {id(s) for s in tick.decode}
+        self._last_tick_requests = max(1, len(owners))
         if tick.feed:
             owners = {id(row.owner) for row, _ in tick.feed}
             self._count_batch("score", len(tick.feed), len(owners))

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.functions import logsumexp, sigmoid
-from model.layers import lstm_scan
 from model.rnnlm import LSTMState, ModelConfig
 
 __all__ = [
@@ -115,6 +114,66 @@ def _pad(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, lengths
 
 
+@dataclass(frozen=True, eq=False)
+class _Packing:
+    """Rows sorted longest first and fed time-major: step t holds the first n[t] sorted rows.
+
+    Padding is never computed, as PyTorch's ``pack_padded_sequence`` does: a batch of texts
+    of different lengths costs the sum of their lengths, not N times the longest.
+    """
+
+    order: np.ndarray  # (N,) the original row in each sorted slot
+    n: np.ndarray  # (T,) rows still running at step t, non-increasing
+    offsets: np.ndarray  # (T + 1,) where step t starts in the packed arrays
+    rows: np.ndarray  # (M,) the original row of each packed position
+    times: np.ndarray  # (M,) the time of each packed position
+
+
+def _pack(lengths: np.ndarray, T: int) -> _Packing:
+    """The packing of rows of these lengths (each at most T)."""
+    order = np.argsort(-lengths, kind="stable")
+    n = (lengths[order][None, :] > np.arange(T)[:, None]).sum(axis=1)  # (T,)
+    offsets = np.concatenate([[0], np.cumsum(n)])
+    times = np.repeat(np.arange(T), n)
+    slots = np.arange(offsets[-1]) - offsets[times]
+    return _Packing(order, n, offsets, order[slots], times)
+
+
+def _run_packed(
+    model: InferenceModel, ids: np.ndarray, lengths: np.ndarray, state: LSTMState | None
+) -> tuple[np.ndarray, LSTMState, _Packing]:
+    """Feed (N, T) ids, rows of the given lengths; -> top-layer outputs of the real positions
+    (M, H) in packed order, each row's state after its length, and the packing."""
+    N, T = ids.shape
+    H = model.config.hidden_size
+    p = _pack(lengths, T)
+    if state is None:
+        state = model.zero_state(N)
+    # Sorted copies, updated in place: a row that ends keeps its last state.
+    h, c = state.h[:, p.order], state.c[:, p.order]  # (L, N, H)
+    x = model.embed[ids[p.rows, p.times]]  # (M, D)
+    hWh = np.empty((N, 4 * H), dtype=np.float32)
+    tc = np.empty((N, H), dtype=np.float32)
+    gi = np.empty((N, H), dtype=np.float32)
+    for k in range(model.num_layers):
+        Wx, Wh = model._split(k)
+        A = x @ Wx  # (M, 4H): every input projection of the layer in one product
+        A += model.b[k]
+        out = np.empty((len(A), H), dtype=np.float32)
+        hk, ck = h[k], c[k]
+        for t in range(T):
+            m, s = int(p.n[t]), int(p.offsets[t])
+            a = A[s : s + m]
+            np.matmul(hk[:m], Wh, out=hWh[:m])
+            a += hWh[:m]
+            _cell_fiog(a, ck[:m], ck[:m], tc[:m], hk[:m], gi[:m])
+            out[s : s + m] = hk[:m]
+        x = out
+    h_out, c_out = np.empty_like(h), np.empty_like(c)
+    h_out[:, p.order], c_out[:, p.order] = h, c
+    return x, LSTMState(h_out, c_out), p
+
+
 def run(
     model: InferenceModel,
     ids: np.ndarray,
@@ -123,26 +182,18 @@ def run(
 ) -> tuple[np.ndarray, LSTMState]:
     """Feed (N, T) ids; -> top-layer outputs (T, N, H) and each row's state after its length.
 
-    Positions at or past a row's length are padding: they never affect that row's
-    outputs before its length (the LSTM is causal) nor its returned state.
+    Positions at or past a row's length are padding: they are not computed (zeros in the
+    outputs) and never affect the row's outputs or its returned state.
     """
     N, T = ids.shape
     if lengths is None:
         lengths = np.full(N, T, dtype=np.int64)
-    if state is None:
-        state = model.zero_state(N)
-    x = model.embed[ids.T]  # (T, N, D)
-    rows = np.arange(N)
-    hs, cs = [], []
-    for k in range(model.num_layers):
-        Wx, Wh = model._split(k)
-        A = (x.reshape(T * N, -1) @ Wx).reshape(T, N, -1)  # (T, N, 4H)
-        A += model.b[k]
-        h_all, c_all, _ = lstm_scan(A, Wh, state.h[k], state.c[k], cell=_cell_fiog)
-        hs.append(h_all[lengths, rows])
-        cs.append(c_all[lengths, rows])
-        x = h_all[1:]  # (T, N, H)
-    return x, LSTMState(np.stack(hs), np.stack(cs))
+    x, new_state, p = _run_packed(model, ids, lengths, state)
+    if len(x) == N * T:  # no padding: the packed order is (t, n) row-major
+        return x.reshape(T, N, -1), new_state  # (T, N, H)
+    hs = np.zeros((T, N, x.shape[1]), dtype=np.float32)
+    hs[p.times, p.rows] = x
+    return hs, new_state
 
 
 def _project_logprobs(model: InferenceModel, h: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -167,7 +218,7 @@ def score(
     targets: Sequence[Sequence[int]],
     state: LSTMState | None = None,
 ) -> tuple[list[np.ndarray], LSTMState]:
-    """Natural-log P(targets[n][t] | inputs[n][: t + 1]) for each row, as one padded batch.
+    """Natural-log P(targets[n][t] | inputs[n][: t + 1]) for each row, as one packed batch.
 
     Rows may differ in length; ``targets[n]`` must be as long as ``inputs[n]``. Returns
     each row's log-probabilities (float32) and its state after its last input.
@@ -180,14 +231,12 @@ def score(
     N = len(inputs)
     if N == 0:
         return [], model.zero_state(0)
-    hs, new_state = run(model, ids, lengths, state)
+    x, new_state, p = _run_packed(model, ids, lengths, state)
     tgt, _ = _pad(targets)
-    valid = np.arange(ids.shape[1])[None, :] < lengths[:, None]  # (N, T)
-    # Only real positions reach the output projection; the padding is never projected.
-    h_rows = hs.transpose(1, 0, 2)[valid]  # (M, H) in row-major (n, t) order
-    lp = _project_logprobs(model, h_rows, tgt[valid])
-    splits = np.cumsum(lengths)[:-1]
-    return list(np.split(lp, splits)), new_state
+    # Only real positions were computed, and only they reach the output projection.
+    lp = np.empty(ids.shape, dtype=np.float32)  # (N, T)
+    lp[p.rows, p.times] = _project_logprobs(model, x, tgt[p.rows, p.times])
+    return [lp[n, : lengths[n]] for n in range(N)], new_state
 
 
 def next_logprobs(
@@ -199,7 +248,7 @@ def next_logprobs(
     if any(len(c) == 0 for c in contexts):
         raise ValueError("a context needs at least one token (start texts with <eos>)")
     ids, lengths = _pad(contexts)
-    _, new_state = run(model, ids, lengths, state)
+    _, new_state, _ = _run_packed(model, ids, lengths, state)
     h_last = new_state.h[-1]  # (N, H): the top layer's h after each row's last token
     logits = h_last @ model.out_W + model.out_b  # (N, V)
     return logits - logsumexp(logits, axis=1), new_state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -68,6 +69,32 @@ async def test_score_matches_the_pure_function(engine: Engine) -> None:
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5)
     assert engine.stats()["tokens_scored"] == sum(len(s) - 1 for s in seqs)
+
+
+async def test_the_batch_window_waits_for_as_many_requests_as_the_last_tick(
+    tiny_loaded: LoadedWeights,
+) -> None:
+    """A lone client never waits out the window; clients that came together are waited for."""
+    # A 10-minute window: were it waited out, the awaits below would hit their timeouts.
+    engine = Engine(tiny_loaded, max_batch_wait_ms=600_000, state_cache_mb=0)
+    rng = np.random.default_rng(1)
+    try:
+        async with asyncio.timeout(60):
+            await engine.score(_seqs(engine, 1, rng))  # alone: no wait
+            await engine.score(_seqs(engine, 1, rng))
+            # three at once share one forward; the next window then waits for three
+            await asyncio.gather(*(engine.score(_seqs(engine, 1, rng)) for _ in range(3)))
+            assert engine.stats()["largest_batch_requests"]["score"] == 3
+            batches = engine.stats()["batches"]["score"]
+            first = [asyncio.create_task(engine.score(_seqs(engine, 1, rng))) for _ in range(2)]
+            for _ in range(20):  # let the worker see the two and start its window
+                await asyncio.sleep(0)
+            assert not any(t.done() for t in first)
+            await engine.score(_seqs(engine, 1, rng))
+            await asyncio.gather(*first)
+            assert engine.stats()["batches"]["score"] == batches + 1
+    finally:
+        await engine.aclose()
 
 
 async def test_long_texts_are_fed_in_chunks(tiny_loaded: LoadedWeights) -> None:

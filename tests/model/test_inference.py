@@ -17,6 +17,7 @@ from model.inference import (
     corpus_logprobs,
     generate,
     next_logprobs,
+    run,
     score,
     step,
 )
@@ -69,6 +70,42 @@ def test_batch_equals_one_at_a_time(model: InferenceModel) -> None:
         assert np.allclose(lps[n], alone[0], atol=1e-5)
         assert np.allclose(states.h[:, n], st1.h[:, 0], atol=1e-5)
         assert np.allclose(states.c[:, n], st1.c[:, 0], atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=7), seed=st.integers(0, 2**16))
+def test_packed_batch_equals_each_row_alone_from_its_own_state(
+    model: InferenceModel, lengths: list[int], seed: int
+) -> None:
+    """Rows of any lengths (ties included), each from its own state: packing sorts rows by
+    length and stops a row at its end; nothing of that may leak into the answers."""
+    r = np.random.default_rng(seed)
+    seqs = [list(r.integers(0, V, n + 1)) for n in lengths]
+    L, H = model.num_layers, model.config.hidden_size
+    start = LSTMState(
+        r.standard_normal((L, len(seqs), H)).astype(np.float32),
+        r.standard_normal((L, len(seqs), H)).astype(np.float32),
+    )
+    before = (start.h.copy(), start.c.copy())
+    lps, states = score(model, [s[:-1] for s in seqs], [s[1:] for s in seqs], start)
+    assert np.array_equal(start.h, before[0]) and np.array_equal(start.c, before[1])
+    for n, s in enumerate(seqs):
+        own = LSTMState(start.h[:, n : n + 1].copy(), start.c[:, n : n + 1].copy())
+        alone, st1 = score(model, [s[:-1]], [s[1:]], own)
+        assert lps[n].shape == (len(s) - 1,)
+        assert np.allclose(lps[n], alone[0], atol=1e-5)
+        assert np.allclose(states.h[:, n], st1.h[:, 0], atol=1e-5)
+        assert np.allclose(states.c[:, n], st1.c[:, 0], atol=1e-5)
+
+
+def test_run_leaves_padding_uncomputed(model: InferenceModel) -> None:
+    ids = np.random.default_rng(8).integers(0, V, (3, 6))
+    lengths = np.array([2, 6, 4])
+    hs, _ = run(model, ids, lengths)
+    full, _ = run(model, ids)
+    for n, k in enumerate(lengths):
+        assert np.allclose(hs[:k, n], full[:k, n], atol=1e-6)
+        assert not hs[k:, n].any()
 
 
 def test_state_carries_across_calls(model: InferenceModel) -> None:
