@@ -77,7 +77,10 @@ class Settings(BaseSettings):
         "at once (1: requests are served one after another).",
     )
     max_batch_wait_ms: float = Field(
-        default=2.0, ge=0, description="How long an idle engine waits for a batch to fill."
+        default=2.0,
+        ge=0,
+        description="How long an idle engine waits for a batch to fill: for as many requests "
+        "as its last batch had (a client alone never waits).",
     )
     max_batch_tokens: int = Field(
         default=1024,

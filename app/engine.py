@@ -14,7 +14,10 @@ compute thread does not oversubscribe the cores). A tick is at most:
   whose context is read, advances one token in one batched ``step`` and one output projection;
   then each row picks its token with its own SamplingParams, np.random.Generator, history and
   stop sequences. New generations join at the next tick, finished ones leave at once, and one
-  whose consumer went away leaves at the next tick.
+  whose consumer went away leaves at the next tick. A short prompt (at most RIDE_TOKENS
+  to read) joining while others decode rides in the decode batch: one of its tokens a
+  step, its log-probs read off the step's output, so no separate forward is run for it
+  and the batch is never held up by a forward of prompts.
 
 Prefix-state cache: an LSTM's state is a few kilobytes whatever the context, so the engine
 keeps an LRU, bounded in bytes, of read-only copies of states and log-probs keyed by token ids;
@@ -57,6 +60,9 @@ logger = logging.getLogger(__name__)
 # Undelivered tokens a stream may hold before it skips steps: a consumer that stops reading
 # (a stalled or departed client) stops its generation within this many tokens.
 STREAM_BUFFER = 2
+# Prompt tokens still to read, at most, for a prompt to ride in a running decode batch (one
+# token a step) rather than be read by a scoring forward of its own.
+RIDE_TOKENS = 16
 # Bookkeeping bytes counted per cache entry besides its arrays (dict slot, objects).
 ENTRY_OVERHEAD = 256
 
@@ -305,6 +311,7 @@ class _Stream(_Job):
     state: LSTMState | None = None
     next_input: int = 0
     ready: bool = False  # the prompt is read: it steps
+    riding: bool = False  # its prompt is read in the decode batch, a token a step
     # generation only
     max_new_tokens: int = 0
     params: SamplingParams = field(default_factory=SamplingParams)
@@ -350,7 +357,9 @@ class _TickResult:
     feed_state: LSTMState | None = None
     decode_logp: np.ndarray | None = None  # (N, V)
     decode_state: LSTMState | None = None
-    picks: list[_Pick | None] = field(default_factory=list)
+    picks: list[_Pick | None] = field(default_factory=list)  # None: no token (next-word, riding)
+    prompts_read: list[_Row] = field(default_factory=list)  # riding prompts read, to cache
+    ridden: int = 0  # prompt tokens read in the decode batch
     seconds: float = 0.0
 
 
@@ -405,6 +414,7 @@ class Engine:
         self._batches: Counter[str] = Counter()
         self._largest: Counter[str] = Counter()
         self._largest_requests: Counter[str] = Counter()
+        self._prompt_tokens_ridden = 0  # prompt tokens read in decode batches
         self._last_tick_requests = 1  # distinct requests in the last tick: the next one's aim
 
     # ------------------------------------------------------------------ lifecycle
@@ -713,17 +723,24 @@ class Engine:
             self._running.append(s)
             s.row = _Row(s.prompt, s)
         # Rows to feed: running streams' prompts first (they hold slots), then scoring texts.
+        # A short generation prompt rides in the decode batch when there is one.
+        decoding = any(s.ready for s in self._running)
         rows: list[_Row] = []
         for s in list(self._running):
             if s.cancelled:
                 self._drop(s)
                 continue
-            if s.ready or s.row is None:
+            if s.ready or s.riding or s.row is None:
                 continue
             if not s.row.looked_up:
                 self._start_row(s.row)
             if s.row.remaining == 0:
                 self._row_done(s.row)
+            elif decoding and s.kind == "generate" and s.row.remaining <= RIDE_TOKENS:
+                s.riding = True
+                s.state = s.row.state
+                s.next_input = int(s.row.ids[s.row.pos])
+                self._mark_started(s)
             elif len(rows) < self.max_batch_size:
                 rows.append(s.row)
         while self._score_rows and len(rows) < self.max_batch_size:
@@ -742,7 +759,7 @@ class Engine:
         decode = [
             s
             for s in self._running
-            if s.ready
+            if (s.ready or s.riding)
             and not s.cancelled
             and (s.out is None or s.out.qsize() < STREAM_BUFFER)
         ]
@@ -771,16 +788,44 @@ class Engine:
                 state,
             )
         if tick.decode:
-            ids = np.array([s.next_input for s in tick.decode], dtype=np.int64)
-            state = LSTMState.stack([s.state or self._zero for s in tick.decode])
-            logits, res.decode_state = step(self.model, ids, state)
-            res.decode_logp = log_softmax(logits, axis=1)  # (N, V)
-            res.picks = [
-                self._pick(s, res.decode_logp[i]) if s.kind == "generate" else None
-                for i, s in enumerate(tick.decode)
-            ]
+            self._decode(tick, res)
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _decode(self, tick: _Tick, res: _TickResult) -> None:
+        """One batched decode step; each generation picks its token or reads its prompt's
+        next one (compute thread)."""
+        streams = tick.decode
+        ids = np.array([s.next_input for s in streams], dtype=np.int64)
+        state = LSTMState.stack([s.state or self._zero for s in streams])
+        logits, res.decode_state = step(self.model, ids, state)
+        res.decode_logp = log_softmax(logits, axis=1)  # (N, V)
+        res.picks = [None] * len(streams)
+        for i, s in enumerate(streams):
+            if s.kind != "generate":
+                continue
+            if s.riding:
+                self._read_prompt_token(s, res.decode_logp[i], res.decode_state, i, res)
+            else:
+                res.picks[i] = self._pick(s, res.decode_logp[i])
+
+    def _read_prompt_token(
+        self, s: _Stream, logp: np.ndarray, state: LSTMState, r: int, res: _TickResult
+    ) -> None:
+        """A riding stream's step: keep the log-prob of its prompt's next token, the id it
+        feeds next; at the prompt's end it turns ready (compute thread)."""
+        row = s.row
+        assert row is not None
+        token = int(row.ids[row.pos + 1])
+        row.pieces.append(logp[token : token + 1].copy())
+        row.pos += 1
+        res.ridden += 1
+        if row.remaining == 0:  # the state is the one after ids[:-1]: as _row_done leaves it
+            row.state = _row_view(state, r)
+            s.prefill = row.logprobs()
+            s.riding, s.ready, s.row = False, True, None
+            res.prompts_read.append(row)
+        s.next_input = token
 
     def _pick(self, s: _Stream, logp: np.ndarray) -> _Pick:
         """Choose a generation's next token with its own parameters, generator and history."""
@@ -820,9 +865,13 @@ class Engine:
                     unfinished.append(row)
             self._score_rows.extendleft(reversed(unfinished))  # their next chunks go first
         if tick.decode:
+            for row in res.prompts_read:
+                self.cache.insert(row.ids, row.state or self._zero, row.logprobs())
             self._count_batch("decode", len(tick.decode), len(tick.decode))
             m.tokens_fed.labels("decode").inc(len(tick.decode))
-            assert res.decode_state is not None and res.decode_logp is not None
+            self._prompt_tokens_ridden += res.ridden
+            assert res.decode_state is not None
+            assert res.decode_logp is not None
             for i, s in enumerate(tick.decode):
                 if s.cancelled:
                     self._drop(s)
@@ -834,9 +883,13 @@ class Engine:
                     self._finish(s)
                     continue
                 pick = res.picks[i]
-                assert pick is not None and s.out is not None
+                new_state = _row_view(res.decode_state, i)
+                if pick is None:  # it read a prompt token (next_input is the next one)
+                    s.state = new_state
+                    continue
+                assert s.out is not None
                 s.gen_logprobs.append(pick.logprob)
-                first = len(s.generated) == 1
+                first = len(s.gen_logprobs) == 1
                 if first:
                     s.first_token_at = time.perf_counter()
                     m.time_to_first_token.observe(s.first_token_at - s.admitted)
@@ -850,7 +903,6 @@ class Engine:
                         s.prefill if first and s.want_prefill else None,
                     )
                 )
-                new_state = _row_view(res.decode_state, i)
                 if pick.reason is None:
                     s.state, s.next_input = new_state, pick.token
                     continue
@@ -951,6 +1003,7 @@ class Engine:
             "requests_served": self._served,
             "tokens_scored": self._tokens_scored,
             "tokens_generated": self._tokens_generated,
+            "prompt_tokens_in_decode": self._prompt_tokens_ridden,
             "batches": dict(self._batches),
             "largest_batch": dict(self._largest),
             "largest_batch_requests": dict(self._largest_requests),

@@ -45,7 +45,8 @@ import numpy as np
 from app.config import DEFAULT_WEIGHTS
 from model.checkpoint import LoadedWeights, load_weights, save_weights
 from model.corpus import DATA_DIR_ENV, PTB_FILES, build_vocab
-from model.inference import InferenceModel, score
+from model.functions import log_softmax
+from model.inference import InferenceModel, score, step
 from model.rnnlm import ModelConfig
 from model.vocab import Vocab
 
@@ -225,9 +226,11 @@ def tokens_of(endpoint: str, answer: dict[str, Any]) -> int:
 
 
 async def drive(server: Server, endpoint: str, clients: int, texts: list[str], total: int,
-                limit_s: float, max_new: int) -> Result:
+                limit_s: float, max_new: int, stagger_s: float = 0.0) -> Result:
     """`clients` concurrent clients, each sending its next request when answered, until
-    `total` requests are sent or limit_s has passed."""
+    `total` requests are sent or limit_s has passed. Client i starts i/clients of stagger_s
+    late, as independent users do: started together, equal generations would finish
+    together in waves, and the server would idle while a whole wave crosses HTTP."""
     res = Result(server.name, endpoint, clients)
     issued = 0
     start = time.perf_counter()
@@ -235,8 +238,9 @@ async def drive(server: Server, endpoint: str, clients: int, texts: list[str], t
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as http:
 
-        async def client() -> None:
+        async def client(i: int) -> None:
             nonlocal issued
+            await asyncio.sleep(stagger_s * i / clients)
             while issued < total and time.perf_counter() < deadline:
                 text = texts[issued % len(texts)]
                 issued += 1
@@ -256,7 +260,7 @@ async def drive(server: Server, endpoint: str, clients: int, texts: list[str], t
                 else:
                     res.errors += 1
 
-        await asyncio.gather(*(client() for _ in range(clients)))
+        await asyncio.gather(*(client(i) for i in range(clients)))
     res.seconds = time.perf_counter() - start
     return res
 
@@ -294,6 +298,26 @@ def forward_floor(loaded: LoadedWeights, texts: list[str], batch: int = 8,
         one.append((t1 - t0) / batch)
         many.append(t2 - t1)
     return statistics.median(one), statistics.median(many)
+
+
+def decode_ceiling(loaded: LoadedWeights, streams: int = 32, steps: int = 60) -> float:
+    """In-process tokens/s of greedy decode steps at `streams` over those at batch 1.
+
+    It bounds the batched / unbatched /generate ratio from above: with no HTTP or Python
+    cost at all, a server can batch no better than the model's step does.
+    """
+    model = InferenceModel.from_params(loaded.config, loaded.params)
+
+    def rate(n: int) -> float:
+        state, ids, times = model.zero_state(n), np.zeros(n, np.int64), []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            logits, state = step(model, ids, state)
+            ids = log_softmax(logits, axis=1).argmax(axis=1)
+            times.append(time.perf_counter() - t0)
+        return n / statistics.median(times)
+
+    return rate(streams) / rate(1)
 
 
 # --------------------------------------------------------------------------- report
@@ -347,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--endpoints", help="comma-separated endpoints (default /perplexity,/generate)")
     p.add_argument("--time-limit", type=float, help="seconds per scenario and server")
     p.add_argument("--batch-size", type=int, default=32, help="the batched server's batch size")
+    p.add_argument("--stagger", type=float, default=0.5,
+                   help="seconds over which the clients of a /generate scenario start "
+                   "(default 0.5; 0 starts them together)")
     args = p.parse_args(argv)
 
     clients = [1, 32] if args.quick else [1, 4] if args.smoke else [1, 8, 32, 64]
@@ -402,8 +429,10 @@ def main(argv: list[str] | None = None) -> int:
                     start = int(rng.integers(0, len(texts)))
                     batch = texts[start:] + texts[:start]
                     for server in (batched, unbatched):
+                        stagger = args.stagger if endpoint == "/generate" else 0.0
                         results.append(asyncio.run(drive(
-                            server, endpoint, n, batch, total(endpoint, n), limit_s, max_new)))
+                            server, endpoint, n, batch, total(endpoint, n), limit_s, max_new,
+                            stagger)))
                         time.sleep(0.5)  # let the idle BLAS threads stop spinning
                     print(f"  done: {endpoint} x {n} clients", flush=True)
         print()
@@ -424,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "ok" if ratio >= TARGET_GEN_RATIO else "MISS"
             print(f"/generate x {n_gen}: batched {gb.tps:.0f} tok/s, unbatched {gu.tps:.0f} "
                   f"tok/s: {ratio:.2f}x (target >= {TARGET_GEN_RATIO:g}x with 2x650) {verdict}")
+            ceiling = decode_ceiling(loaded, n_gen)
+            summary["generate_tokens_per_s_ratio"]["ceiling"] = round(ceiling, 2)
+            print(f"  ceiling: in-process, a decode step of {n_gen} streams yields {ceiling:.2f}x "
+                  "the tokens/s of one stream before any HTTP cost")
         p1 = find(results, "batched", "/perplexity", 1)
         p8 = find(results, "batched", "/perplexity", 8)
         if p1 and p8 and p1.latencies and p8.latencies:

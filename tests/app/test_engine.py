@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.engine import (
+    RIDE_TOKENS,
     STREAM_BUFFER,
     DrainingError,
     Engine,
@@ -148,6 +149,49 @@ async def test_generate_matches_the_pure_generator(engine: Engine) -> None:
     assert [s.id for s in got] == [s.id for s in want]
     np.testing.assert_allclose([s.logprob for s in got], [s.logprob for s in want], atol=1e-5)
     assert [s.finish_reason for s in got] == [None] * 24 + ["length"]
+
+
+async def test_short_prompts_ride_in_the_decode_batch(tiny_loaded: LoadedWeights) -> None:
+    """Prompts that join running generations are read a token a step in the decode batch
+    (RIDE_TOKENS at most; a longer one gets a forward of its own): the same tokens, the
+    same prefill log-probs, and the prompt cached as a forward would have cached it."""
+    engine = Engine(tiny_loaded)
+    eos, unk, V = engine.vocab.eos_id, engine.vocab.unk_id, len(engine.vocab)
+    params = SamplingParams(do_sample=True, temperature=0.9)
+    rng = np.random.default_rng(5)
+    prompts = [[eos, *rng.integers(2, V, n).tolist()] for n in (1, 4, 9, RIDE_TOKENS + 6)]
+    try:
+        first = engine.generate([eos, 3], 60, params, 0, False)
+        head = [await anext(first)]  # it runs: the others join a decode batch
+
+        async def one(prompt: list[int], seed: int) -> list[Any]:
+            gen = engine.generate(prompt, 8, params, seed, False, prefill_logprobs=True)
+            return [s async for s in gen]
+
+        got = await asyncio.gather(*(one(p, k) for k, p in enumerate(prompts)))
+        head += [s async for s in first]
+        stats = engine.stats()
+        fed = _fed(engine)
+        (lp,) = await engine.score([prompts[2]])  # read while riding: a cache hit
+        assert _fed(engine) == fed
+    finally:
+        await engine.aclose()
+    # all but the long prompt's tokens were read in the decode batch
+    assert stats["prompt_tokens_in_decode"] == sum(len(p) - 1 for p in prompts[:3])
+    want0 = generate(engine.model, [eos, 3], 60, params, np.random.default_rng(0), eos, unk,
+                     False)
+    assert [s.id for s in head] == [s.id for s in want0]
+    for k, (prompt, steps) in enumerate(zip(prompts, got, strict=True)):
+        want = list(generate(engine.model, prompt, 8, params, np.random.default_rng(k), eos,
+                             unk, False))
+        assert [s.id for s in steps] == [s.id for s in want]
+        np.testing.assert_allclose([s.logprob for s in steps], [s.logprob for s in want],
+                                   atol=1e-5)
+        (ref,) = score(engine.model, [prompt[:-1]], [prompt[1:]])[0]
+        assert steps[0].prefill_logprobs is not None
+        np.testing.assert_allclose(steps[0].prefill_logprobs, ref, atol=1e-5)
+        if k == 2:
+            np.testing.assert_allclose(lp, ref, atol=1e-5)
 
 
 async def test_same_seed_same_tokens_and_no_state_leaks(engine: Engine) -> None:
