@@ -845,8 +845,8 @@ class Engine:
         """Hand the tick's results to their requests (event loop)."""
         m = self.metrics
         m.forward_time.observe(res.seconds)
-        owners = {id(row.owner) for row, _ in tick.feed} | {id(s) for s in tick.decode}
-        self._last_tick_requests = max(1, len(owners))
+        requests = {id(row.owner) for row, _ in tick.feed} | {id(s) for s in tick.decode}
+        self._last_tick_requests = max(1, len(requests))
         if tick.feed:
             owners = {id(row.owner) for row, _ in tick.feed}
             self._count_batch("score", len(tick.feed), len(owners))
