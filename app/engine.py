@@ -845,10 +845,9 @@ class Engine:
         """Hand the tick's results to their requests (event loop)."""
         m = self.metrics
         m.forward_time.observe(res.seconds)
-        requests = {id(row.owner) for row, _ in tick.feed} | {id(s) for s in tick.decode}
-        self._last_tick_requests = max(1, len(requests))
+        owners = {id(row.owner) for row, _ in tick.feed}
+        self._last_tick_requests = max(1, len(owners | {id(s) for s in tick.decode}))
         if tick.feed:
-            owners = {id(row.owner) for row, _ in tick.feed}
             self._count_batch("score", len(tick.feed), len(owners))
             m.tokens_fed.labels("score").inc(sum(c for _, c in tick.feed))
             assert res.feed_state is not None
