@@ -40,8 +40,13 @@ lint: $(VENV)/.installed-test
 	$(BIN)/pip-audit -r constraints.txt --no-deps --strict --progress-spinner off \
 	  || echo "pip-audit could not check every pin (offline?)"
 
+# The book's recipe (2 x 650, the trainer's defaults) into a new folder beside the shipped
+# models, so a fresh run never overwrites weights/ptb-650. Ctrl-C or SIGTERM leaves a
+# checkpoint in runs/; `make train` again resumes it.
+TRAIN_OUT ?= weights/ptb-650-retrained
 train: $(VENV)/.installed-test
-	$(BIN)/rnnlm train --data-dir $(DATA_DIR) --out weights/ptb-small
+	$(BIN)/rnnlm train --data-dir $(DATA_DIR) --out $(TRAIN_OUT) \
+	  --run-dir runs/$(notdir $(TRAIN_OUT)) --dtype float16 --resume
 
 # Benchmarks compare against PyTorch, which is never a dependency of the service or its
 # tests: it lives in a venv of its own. torch==2.13.0 exactly (a CPU build is on disk here).

@@ -664,7 +664,7 @@ class InfoResponse(BaseModel):
     )
     weights: dict[str, Any] = Field(
         description="Weights directory name, sha256 of params.npz, dtype, format version.",
-        examples=[{"name": "ptb-small", "sha256": "ab12...", "dtype": "float16"}],
+        examples=[{"name": "ptb-650", "sha256": "ab12...", "dtype": "float16"}],
     )
     training: dict[str, Any] = Field(
         description="Training record from config.json.",

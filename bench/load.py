@@ -13,7 +13,7 @@ is at least 5x the unbatched one's; /perplexity p99 latency at 8 clients is at m
 single-client latency (p50); no errors. Run it on a quiet machine: it warns when other
 processes use the CPUs.
 
-  python -m bench.load                 # the shipped weights/ptb-small, every scenario
+  python -m bench.load                 # the shipped weights/ptb-650, every scenario
   python -m bench.load --model 650     # random 2x650 weights (written to a temp dir)
   python -m bench.load --quick         # < 3 min: /generate at 1 and 32 clients; the last
                                        # line is the batched/unbatched tokens/s at 32
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--smoke", action="store_true",
                       help="seconds: a tiny random model and tiny counts (checks the script)")
     p.add_argument("--model", choices=["shipped", "650"], default="shipped",
-                   help="the shipped weights/ptb-small (default) or random 2x650 weights")
+                   help="the shipped weights/ptb-650 (default) or random 2x650 weights")
     p.add_argument("--weights", help="serve this weights directory instead")
     p.add_argument("--data-dir", help=f"PTB folder (default ${DATA_DIR_ENV} or "
                    "../shared/data/ptb)")

@@ -1,6 +1,6 @@
 """Soak and load: mixed traffic at the engine's capacity against a real rnnlm-serve, on loopback.
 
-Starts ``rnnlm-serve`` itself (the shipped weights/ptb-small, or --weights) on 127.0.0.1 and a
+Starts ``rnnlm-serve`` itself (the shipped weights/ptb-650, or --weights) on 127.0.0.1 and a
 free port, reads the engine's capacity from /info, and runs that many closed-loop clients for
 --minutes (default 10) of mixed traffic: /generate, /generate_stream, /perplexity, /next-word,
 /tokenize and /health. Every answer is checked (a 200 must hold what its route promises: finite
@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "ptb-small"
+DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "ptb-650"
 PTB_TEST = REPO_ROOT.parent / "shared" / "data" / "ptb" / "ptb.test.txt"
 HOST = "127.0.0.1"  # loopback only
 DESCRIPTION = "Soak: mixed traffic at the engine's capacity against a real rnnlm-serve."

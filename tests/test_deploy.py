@@ -49,7 +49,7 @@ NGINX_CONF = REPO / "deploy" / "nginx.conf"
 SERVICE = "rnnlm"
 PROXY = "nginx"
 # The shipped model the image bakes in; until it is trained, a tiny random model stands in.
-SHIPPED_REL = "weights/ptb-small"
+SHIPPED_REL = "weights/ptb-650"
 SHIPPED = REPO / SHIPPED_REL
 SHIPPED_FILES = ("config.json", "params.npz", "vocab.txt")
 CUSTOM_WEIGHTS_TARGET = "/models/custom"
@@ -315,7 +315,7 @@ class Staged:
 
     root: Path
     image: Image
-    shipped_dest: Path | None  # where weights/ptb-small lands (or would land)
+    shipped_dest: Path | None  # where weights/ptb-650 lands (or would land)
 
     def host_path(self, container_path: str) -> str:
         """A container path under WORKDIR, as the staged folder holds it."""

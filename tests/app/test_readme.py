@@ -16,7 +16,7 @@ import pytest
 from tests.app.conftest import LiveServer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-SHIPPED = Path(__file__).resolve().parents[2] / "weights" / "ptb-small"
+SHIPPED = Path(__file__).resolve().parents[2] / "weights" / "ptb-650"
 
 
 def blocks(lang: str) -> list[str]:
