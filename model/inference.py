@@ -60,9 +60,9 @@ class InferenceModel:
 
     config: ModelConfig
     embed: np.ndarray  # (V, D)
-    Wxh: tuple[np.ndarray, ...]  # per layer (D_in + H, 4H): Wx over Wh, gates [f, i, o, g]
+    WxhT: tuple[np.ndarray, ...]  # per layer (4H, D_in + H): [Wx over Wh] transposed
     b: tuple[np.ndarray, ...]  # per layer (4H,), gates [f, i, o, g]
-    out_W: np.ndarray  # (H, V); a transposed view of ``embed`` when tied
+    out_WT: np.ndarray  # (V, H): ``embed`` itself when tied
     out_b: np.ndarray  # (V,)
 
     @classmethod
@@ -75,19 +75,25 @@ class InferenceModel:
             return a
 
         embed = frozen(params["embed.W"])
-        # Stacking Wx over Wh makes a decoding step one matrix product [x, h] @ Wxh per
-        # layer, while Wxh[:D_in] and Wxh[D_in:] remain contiguous views for windows. The
-        # gates are reordered to [f, i, o, g] so one sigmoid call covers the three sigmoid
-        # gates: per-step call overhead is what a batch-1 request pays for.
+        # Stacking Wx over Wh makes a decoding step one matrix product per layer. The gates
+        # are reordered to [f, i, o, g] so one sigmoid call covers the three sigmoid gates:
+        # per-step call overhead is what a batch-1 request pays for. Weights are kept with
+        # the 4H (and V) axis first: a decoding step computes W @ [x, h].T, the form in
+        # which OpenBLAS runs a batch of 32 streams 18% faster than [x, h] @ W (bench/README).
         perm = _fiog(config.hidden_size)
-        Wxh = tuple(
+        WxhT = tuple(
             frozen(np.concatenate([params[f"lstm.{k}.Wx"], params[f"lstm.{k}.Wh"]],
-                                  axis=0)[:, perm])
+                                  axis=0)[:, perm].T)
             for k in range(config.num_layers)
         )
         b = tuple(frozen(params[f"lstm.{k}.b"][perm]) for k in range(config.num_layers))
-        out_W = embed.T if config.tied else frozen(params["affine.W"])
-        return cls(config, embed, Wxh, b, out_W, frozen(params["affine.b"]))
+        out_WT = embed if config.tied else frozen(params["affine.W"].T)
+        return cls(config, embed, WxhT, b, out_WT, frozen(params["affine.b"]))
+
+    @property
+    def out_W(self) -> np.ndarray:
+        """The output projection (H, V), a view."""
+        return self.out_WT.T
 
     @property
     def num_layers(self) -> int:
@@ -99,9 +105,9 @@ class InferenceModel:
         return LSTMState.zeros(self.config, batch_size, np.float32)
 
     def _split(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Wx and Wh of layer k as views of Wxh."""
+        """Wx (D_in, 4H) and Wh (H, 4H) of layer k, as views of WxhT."""
         d_in = self.config.wordvec_size if k == 0 else self.config.hidden_size
-        return self.Wxh[k][:d_in], self.Wxh[k][d_in:]
+        return self.WxhT[k][:, :d_in].T, self.WxhT[k][:, d_in:].T
 
 
 def _pad(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +158,6 @@ def _run_packed(
     # Sorted copies, updated in place: a row that ends keeps its last state.
     h, c = state.h[:, p.order], state.c[:, p.order]  # (L, N, H)
     x = model.embed[ids[p.rows, p.times]]  # (M, D)
-    hWh = np.empty((N, 4 * H), dtype=np.float32)
     tc = np.empty((N, H), dtype=np.float32)
     gi = np.empty((N, H), dtype=np.float32)
     for k in range(model.num_layers):
@@ -164,8 +169,7 @@ def _run_packed(
         for t in range(T):
             m, s = int(p.n[t]), int(p.offsets[t])
             a = A[s : s + m]
-            np.matmul(hk[:m], Wh, out=hWh[:m])
-            a += hWh[:m]
+            a += (Wh.T @ hk[:m].T).T  # (m, 4H)
             _cell_fiog(a, ck[:m], ck[:m], tc[:m], hk[:m], gi[:m])
             out[s : s + m] = hk[:m]
         x = out
@@ -265,13 +269,13 @@ def step(model: InferenceModel, ids: np.ndarray, state: LSTMState) -> tuple[np.n
     gi = np.empty((N, H), dtype=np.float32)
     for k in range(model.num_layers):
         xh = np.concatenate([x, state.h[k]], axis=1)  # (N, D_in + H)
-        a = xh @ model.Wxh[k]  # (N, 4H)
+        a = (model.WxhT[k] @ xh.T).T  # (N, 4H), a view of (4H, N)
         a += model.b[k]
         _cell_fiog(a, state.c[k], c_new[k], tc, h_new[k], gi)
         x = h_new[k]
-    logits = x @ model.out_W  # (N, V)
-    logits += model.out_b
-    return logits, LSTMState(h_new, c_new)
+    logits_T = model.out_WT @ x.T  # (V, N)
+    logits_T += model.out_b[:, None]
+    return np.ascontiguousarray(logits_T.T), LSTMState(h_new, c_new)  # (N, V)
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,18 @@ def test_chunked_projection_matches_unchunked(model: InferenceModel, monkeypatch
 def test_model_is_read_only(model: InferenceModel) -> None:
     with pytest.raises(ValueError, match="read-only"):
         model.embed[0, 0] = 1.0
+    for w in (*model.WxhT, *model.b, model.out_WT, model.out_b):
+        assert not w.flags.writeable
+
+
+def test_tied_projection_is_the_embedding(model: InferenceModel) -> None:
+    """House rule 3: one array, never a copy; untied weights keep their own."""
+    assert (model.out_WT is model.embed) == model.config.tied
+    assert model.out_W.base is model.out_WT
+    D = model.config.wordvec_size
+    Wx, Wh = model._split(0)
+    assert Wx.shape == (D, 4 * model.config.hidden_size) and np.shares_memory(Wx, model.WxhT[0])
+    assert np.shares_memory(Wh, model.WxhT[0])
 
 
 # ------------------------------------------------------------------ generation
