@@ -324,11 +324,14 @@ class _Stream(_Job):
     generated: list[int] = field(default_factory=list)
     gen_logprobs: list[float] = field(default_factory=list)
     prefill: np.ndarray | None = None
+    # Streamed generations get each step through ``out``; the others collect their steps in
+    # ``collected`` and get them all through ``future`` at the end (one wake-up a request).
     out: asyncio.Queue[EngineStep | BaseException] | None = None
+    collected: list[EngineStep] = field(default_factory=list)
     first_token_at: float = 0.0
     finished: bool = False
-    # next-word only
-    future: asyncio.Future[np.ndarray] | None = None
+    # next-word (the (V,) log-distribution) and collected generations (their steps)
+    future: asyncio.Future[Any] | None = None
 
 
 @dataclass
@@ -604,24 +607,12 @@ class Engine:
         The last step carries its finish_reason; a consumer that stops iterating (a client
         that went away) leaves the batch at the next step.
         """
-        if not prompt_ids:
-            raise ValueError("the prompt needs at least one token (start with <eos>)")
-        if max_new_tokens <= 0:
+        if max_new_tokens <= 0 and prompt_ids:
             return
+        s = self._new_stream(prompt_ids, max_new_tokens, params, seed, stop_at_eos,
+                             stop_sequences, top_n_tokens, prefill_logprobs)
+        s.out = asyncio.Queue()
         await self._admit("generate")
-        s = _Stream(
-            "generate",
-            prompt=np.asarray(prompt_ids, np.int32),
-            max_new_tokens=max_new_tokens,
-            params=params,
-            rng=np.random.default_rng(seed) if params.do_sample else None,
-            stop_at_eos=stop_at_eos,
-            stops=[list(x) for x in stop_sequences if len(x)],
-            top_n=top_n_tokens,
-            want_prefill=prefill_logprobs,
-            history=list(prompt_ids),
-            out=asyncio.Queue(),
-        )
         try:
             self._waiting.append(s)
             self._update_gauges()
@@ -640,6 +631,68 @@ class Engine:
                 s.cancelled = True
                 self._wake()
             self._release()
+
+    async def generate_all(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        seed: int | None,
+        stop_at_eos: bool = True,
+        stop_sequences: Sequence[Sequence[int]] = (),
+        *,
+        top_n_tokens: int = 0,
+        prefill_logprobs: bool = False,
+    ) -> list[EngineStep]:
+        """generate() run to its end: every step, the last with its finish_reason.
+
+        For answers that are not streamed: the request is woken once at the end instead of
+        once a token, which at 32 running generations is 32 task switches a decode step.
+        """
+        if max_new_tokens <= 0 and prompt_ids:
+            return []
+        s = self._new_stream(prompt_ids, max_new_tokens, params, seed, stop_at_eos,
+                             stop_sequences, top_n_tokens, prefill_logprobs)
+        s.future = asyncio.get_running_loop().create_future()
+        await self._admit("generate")
+        try:
+            self._waiting.append(s)
+            self._update_gauges()
+            self._wake()
+            steps: list[EngineStep] = await s.future
+            return steps
+        finally:
+            if not s.finished:
+                s.cancelled = True
+                self._wake()
+            self._release()
+
+    def _new_stream(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        seed: int | None,
+        stop_at_eos: bool,
+        stop_sequences: Sequence[Sequence[int]],
+        top_n_tokens: int,
+        prefill_logprobs: bool,
+    ) -> _Stream:
+        """A generation's stream, not yet admitted."""
+        if not prompt_ids:
+            raise ValueError("the prompt needs at least one token (start with <eos>)")
+        return _Stream(
+            "generate",
+            prompt=np.asarray(prompt_ids, np.int32),
+            max_new_tokens=max_new_tokens,
+            params=params,
+            rng=np.random.default_rng(seed) if params.do_sample else None,
+            stop_at_eos=stop_at_eos,
+            stops=[list(x) for x in stop_sequences if len(x)],
+            top_n=top_n_tokens,
+            want_prefill=prefill_logprobs,
+            history=list(prompt_ids),
+        )
 
     # ------------------------------------------------------------------ the worker
 
@@ -886,22 +939,20 @@ class Engine:
                 if pick is None:  # it read a prompt token (next_input is the next one)
                     s.state = new_state
                     continue
-                assert s.out is not None
                 s.gen_logprobs.append(pick.logprob)
                 first = len(s.gen_logprobs) == 1
                 if first:
                     s.first_token_at = time.perf_counter()
                     m.time_to_first_token.observe(s.first_token_at - s.admitted)
                 self._tokens_generated += 1
-                s.out.put_nowait(
-                    EngineStep(
-                        pick.token,
-                        pick.logprob,
-                        pick.reason,
-                        pick.top,
-                        s.prefill if first and s.want_prefill else None,
-                    )
-                )
+                out = EngineStep(pick.token, pick.logprob, pick.reason, pick.top,
+                                 s.prefill if first and s.want_prefill else None)
+                if s.out is not None:
+                    s.out.put_nowait(out)
+                else:
+                    s.collected.append(out)
+                    if pick.reason is not None and s.future is not None and not s.future.done():
+                        s.future.set_result(s.collected)
                 if pick.reason is None:
                     s.state, s.next_input = new_state, pick.token
                     continue

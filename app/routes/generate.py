@@ -320,25 +320,32 @@ async def generate_once(
 ) -> GenerateResponse:
     """Run a generation to its end (504 past request_timeout_s) and build the answer."""
     renderer = Renderer(engine.vocab)
-    tokens: list[Token] = []
-    top_tokens: list[list[Token]] = []
-    steps: list[EngineStep] = []
     metrics.prompt_tokens.inc(len(plan.prompt_ids))
     metrics.oov_tokens.labels("/generate").inc(len(plan.oov))
     try:
         with anyio.fail_after(settings.request_timeout_s):
-            async with aclosing(_start(engine, plan)) as gen:
-                async for s in gen:
-                    steps.append(s)
-                    top_tokens.append(renderer.top(s.top_tokens))
-                    tokens.append(renderer.token(s.id, s.logprob))
-                    metrics.tokens_generated.inc()
+            steps = await engine.generate_all(
+                plan.prompt_ids,
+                plan.max_new_tokens,
+                plan.sampling,
+                plan.seed,
+                plan.stop_at_eos,
+                plan.stops,
+                top_n_tokens=plan.top_n,
+                prefill_logprobs=plan.prefill_logprobs,
+            )
     except TimeoutError as e:
         raise ApiError(
             504,
             "timeout",
             f"generation took longer than request_timeout_s ({settings.request_timeout_s} s)",
         ) from e
+    metrics.tokens_generated.inc(len(steps))
+    top_tokens: list[list[Token]] = []
+    tokens: list[Token] = []
+    for s in steps:  # each step's alternatives are rendered as if they came in its place
+        top_tokens.append(renderer.top(s.top_tokens))
+        tokens.append(renderer.token(s.id, s.logprob))
     details = None
     if plan.details:
         details = GenerateDetails(

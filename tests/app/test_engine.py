@@ -151,6 +151,46 @@ async def test_generate_matches_the_pure_generator(engine: Engine) -> None:
     assert [s.finish_reason for s in got] == [None] * 24 + ["length"]
 
 
+async def test_generate_all_equals_the_streamed_steps(engine: Engine) -> None:
+    """Collected steps (non-streamed answers) are the streamed ones, alone and batched."""
+    eos = engine.vocab.eos_id
+    prompts = [[eos, 10, 20], [eos, 3], [eos, *range(40, 52)]]
+    params = [SamplingParams(do_sample=True, temperature=0.8, top_p=0.9), GREEDY,
+              SamplingParams(do_sample=True, top_k=5)]
+    want = [[s async for s in engine.generate(p, 9 + i, q, 11 + i, stop_at_eos=False,
+                                              top_n_tokens=2, prefill_logprobs=True)]
+            for i, (p, q) in enumerate(zip(prompts, params, strict=True))]
+    got = await asyncio.gather(*(
+        engine.generate_all(p, 9 + i, q, 11 + i, stop_at_eos=False, top_n_tokens=2,
+                            prefill_logprobs=True)
+        for i, (p, q) in enumerate(zip(prompts, params, strict=True))))
+    for g, w in zip(got, want, strict=True):
+        assert [s.id for s in g] == [s.id for s in w]
+        np.testing.assert_allclose([s.logprob for s in g], [s.logprob for s in w], atol=1e-4)
+        assert [s.finish_reason for s in g] == [s.finish_reason for s in w]
+        assert [[t for t, _ in s.top_tokens] for s in g] == [[t for t, _ in s.top_tokens]
+                                                            for s in w]
+        assert g[0].prefill_logprobs is not None and w[0].prefill_logprobs is not None
+        np.testing.assert_allclose(g[0].prefill_logprobs, w[0].prefill_logprobs, atol=1e-4)
+    assert engine.in_flight == 0
+    assert await engine.generate_all([eos], 0, GREEDY, None) == []
+    with pytest.raises(ValueError, match="at least one token"):
+        await engine.generate_all([], 3, GREEDY, None)
+
+
+async def test_a_cancelled_generate_all_leaves_the_batch(engine: Engine) -> None:
+    task = asyncio.create_task(
+        engine.generate_all([engine.vocab.eos_id], 100_000, GREEDY, None, stop_at_eos=False))
+    while engine.stats()["tokens_generated"] < 3:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.in_flight == 0
+    await engine.score([[engine.vocab.eos_id, 3]])  # the next tick drops it from the batch
+    assert engine.stats()["running_streams"] == 0
+
+
 async def test_short_prompts_ride_in_the_decode_batch(tiny_loaded: LoadedWeights) -> None:
     """Prompts that join running generations are read a token a step in the decode batch
     (RIDE_TOKENS at most; a longer one gets a forward of its own): the same tokens, the
