@@ -711,6 +711,10 @@ class Engine:
                     continue
                 result = await loop.run_in_executor(self._executor, self._compute, tick)
                 self._deliver(tick, result)
+                # Let the requests just woken run before the next step: their Python work
+                # would otherwise take a core from the step's two BLAS threads. In-process,
+                # 32 generations went from 4,555-4,771 to 5,170-5,507 tok/s with this.
+                await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
