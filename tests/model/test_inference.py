@@ -152,7 +152,7 @@ def test_chunked_projection_matches_unchunked(model: InferenceModel, monkeypatch
 def test_model_is_read_only(model: InferenceModel) -> None:
     with pytest.raises(ValueError, match="read-only"):
         model.embed[0, 0] = 1.0
-    for w in (*model.WxhT, *model.b, model.out_WT, model.out_b):
+    for w in (*model.Wxh, *model.WxhT, *model.b, model.out_WT, model.out_b):
         assert not w.flags.writeable
 
 
@@ -162,8 +162,10 @@ def test_tied_projection_is_the_embedding(model: InferenceModel) -> None:
     assert model.out_W.base is model.out_WT
     D = model.config.wordvec_size
     Wx, Wh = model._split(0)
-    assert Wx.shape == (D, 4 * model.config.hidden_size) and np.shares_memory(Wx, model.WxhT[0])
-    assert np.shares_memory(Wh, model.WxhT[0])
+    assert Wx.shape == (D, 4 * model.config.hidden_size) and Wx.flags.c_contiguous
+    assert np.shares_memory(Wx, model.Wxh[0]) and np.shares_memory(Wh, model.Wxh[0])
+    for W, WT in zip(model.Wxh, model.WxhT, strict=True):  # two layouts of the same numbers
+        assert WT.flags.c_contiguous and np.array_equal(WT, W.T)
 
 
 # ------------------------------------------------------------------ generation
