@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, help="seconds per scenario and server")
     p.add_argument("--batch-size", type=int, default=32, help="the batched server's batch size")
     p.add_argument("--per-client", type=int,
-                   help="requests per client (default /perplexity 25, /generate 20, or 10 "
+                   help="requests per client (default /perplexity 25, /generate 20, or 16 "
                    "with --quick), within --time-limit")
     p.add_argument("--rounds", type=int,
                    help="rounds per scenario, alternating the servers (default 3, 2 with "
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             return max(200, 25 * n)
         # 50 tokens each: at 6 a client, the ramp and the drain of the last wave took a
         # quarter of a 32-client run, so the batched figure measured mostly a part-full batch
-        return max(10, 10 * n) if args.quick else max(24, 20 * n)
+        return max(10, 16 * n) if args.quick else max(24, 20 * n)
 
     others = cpu_others()
     if others > 10:
