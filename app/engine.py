@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -611,26 +611,17 @@ class Engine:
             return
         s = self._new_stream(prompt_ids, max_new_tokens, params, seed, stop_at_eos,
                              stop_sequences, top_n_tokens, prefill_logprobs)
-        s.out = asyncio.Queue()
-        await self._admit("generate")
-        try:
-            self._waiting.append(s)
-            self._update_gauges()
-            self._wake()
-            assert s.out is not None
+        out: asyncio.Queue[EngineStep | BaseException] = asyncio.Queue()
+        s.out = out
+        async with self._running_stream(s):
             while True:
-                item = await s.out.get()
+                item = await out.get()
                 self._wake()  # room in its buffer again: the stream may step
                 if isinstance(item, BaseException):
                     raise item
                 yield item
                 if item.finish_reason is not None:
                     return
-        finally:
-            if not s.finished:
-                s.cancelled = True
-                self._wake()
-            self._release()
 
     async def generate_all(
         self,
@@ -654,13 +645,20 @@ class Engine:
         s = self._new_stream(prompt_ids, max_new_tokens, params, seed, stop_at_eos,
                              stop_sequences, top_n_tokens, prefill_logprobs)
         s.future = asyncio.get_running_loop().create_future()
+        async with self._running_stream(s):
+            steps: list[EngineStep] = await s.future
+        return steps
+
+    @contextlib.asynccontextmanager
+    async def _running_stream(self, s: _Stream) -> AsyncIterator[None]:
+        """Admit a generation and queue it; on leaving, a stream not finished (its consumer
+        went away, or timed out) leaves the batch at the next tick."""
         await self._admit("generate")
         try:
             self._waiting.append(s)
             self._update_gauges()
             self._wake()
-            steps: list[EngineStep] = await s.future
-            return steps
+            yield
         finally:
             if not s.finished:
                 s.cancelled = True

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends
@@ -33,6 +33,7 @@ from model.inference import SamplingParams
 from model.vocab import Vocab
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 router = APIRouter(tags=["generation"])
 
@@ -301,9 +302,9 @@ def _prefill(vocab: Vocab, plan: Plan, first: EngineStep | None) -> list[Prefill
     ]
 
 
-def _start(engine: Engine, plan: Plan) -> AsyncGenerator[EngineStep, None]:
-    """The engine call of a plan."""
-    return engine.generate(
+def _with_plan(call: Callable[..., T], plan: Plan) -> T:
+    """Engine.generate or Engine.generate_all called with a plan's arguments."""
+    return call(
         plan.prompt_ids,
         plan.max_new_tokens,
         plan.sampling,
@@ -324,16 +325,7 @@ async def generate_once(
     metrics.oov_tokens.labels("/generate").inc(len(plan.oov))
     try:
         with anyio.fail_after(settings.request_timeout_s):
-            steps = await engine.generate_all(
-                plan.prompt_ids,
-                plan.max_new_tokens,
-                plan.sampling,
-                plan.seed,
-                plan.stop_at_eos,
-                plan.stops,
-                top_n_tokens=plan.top_n,
-                prefill_logprobs=plan.prefill_logprobs,
-            )
+            steps: list[EngineStep] = await _with_plan(engine.generate_all, plan)
     except TimeoutError as e:
         raise ApiError(
             504,
@@ -366,7 +358,7 @@ async def generate_stream_response(
 ) -> EventSourceResponse:
     """Server-sent events, one per token; the engine's first step is awaited before answering,
     so a refusal (overload) is still an HTTP error, and a disconnect stops the generation."""
-    gen = _start(engine, plan)
+    gen: AsyncGenerator[EngineStep, None] = _with_plan(engine.generate, plan)
     try:
         first = await anext(gen)
     except BaseException:
