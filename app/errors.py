@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -238,6 +239,24 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _internal)
 
 
+# Bounds on the body read and dropped before a 413 (see BodyLimitMiddleware._reject).
+DRAIN_MAX_BYTES = 16 * 1024 * 1024
+DRAIN_MAX_SECONDS = 2.0
+
+
+async def _drain_body(receive: Receive) -> None:
+    """Receive and drop body messages until the body ends, or past the drain bounds."""
+    dropped = 0
+    with anyio.move_on_after(DRAIN_MAX_SECONDS):
+        while dropped <= DRAIN_MAX_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
 class BodyLimitMiddleware:
     """Pure ASGI: refuse a body over ``limit`` bytes (413), by Content-Length or as it streams."""
 
@@ -256,7 +275,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = -1
                 if declared > self.limit:
-                    await self._reject(scope, receive, send)
+                    await self._reject(scope, receive, send, declared)
                     return
         received = 0
         started = False
@@ -282,10 +301,21 @@ class BodyLimitMiddleware:
             # Raised outside FastAPI's handlers (a middleware read the body): answer here.
             if started:
                 raise
-            await self._reject(scope, receive, send)
+            await self._reject(scope, receive, send, None)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer 413 in the envelope and close the connection (the rest is not read)."""
+    async def _reject(
+        self, scope: Scope, receive: Receive, send: Send, declared: int | None
+    ) -> None:
+        """Read and drop the rest of the body (within bounds), then answer 413 and close."""
+        # Closing a connection with unread data resets it, and a client still sending may
+        # then lose the 413 (nginx reads on for the same reason: its lingering close). A
+        # client that sent "Expect: 100-continue" has sent nothing yet: it gets the 413 now.
+        expects = any(
+            name == b"expect" and value.lower() == b"100-continue"
+            for name, value in scope.get("headers", ())
+        )
+        if not expects and (declared is None or declared <= DRAIN_MAX_BYTES):
+            await _drain_body(receive)
         response = error_response(
             413,
             f"request body is larger than the limit of {self.limit} bytes",

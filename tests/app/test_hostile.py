@@ -274,6 +274,38 @@ def test_malformed_http(server: LiveServer, name: str, data: bytes) -> None:
     healthy(server)
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_that_sends_all_of_an_over_limit_body_reads_its_413(
+    server: LiveServer, chunked: bool
+) -> None:
+    # 8 MiB is more than loopback's socket buffers take: a server that answered and closed
+    # without reading on would reset the connection while the client is still sending.
+    payload = b'{"text": "' + b"a " * (4 * MIB) + b'"}'
+    if chunked:
+        pieces = [payload[i : i + 65536] for i in range(0, len(payload), 65536)]
+        framing = b"Transfer-Encoding: chunked"
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    else:
+        framing = b"Content-Length: %d" % len(payload)
+    head = b"POST /perplexity HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(head + framing + b"\r\n\r\n" + payload)  # no reset while sending
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    healthy(server)
+
+
+def test_expect_100_continue_gets_the_413_before_sending_the_body(server: LiveServer) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"POST /perplexity HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 8000000\r\nExpect: 100-continue\r\n\r\n")
+        answer = s.recv(65536)  # no body sent: the server must not wait for it
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    healthy(server)
+
+
 def test_redirect_goes_to_the_route(server: LiveServer) -> None:
     r = httpx.post(server.url + "/generate/", json={"inputs": "a"}, timeout=30)
     assert r.status_code == 307 and r.headers["location"].endswith("/generate")
