@@ -183,6 +183,8 @@ class Result:
     tokens: int = 0
     errors: int = 0
     first_error: str = ""
+    server_cpu_s: float = 0.0  # CPU time of the server process (all its threads)
+    client_cpu_s: float = 0.0  # CPU time of this process, which runs the load clients
 
     def pct(self, q: float) -> float:
         """Latency percentile q in ms (nan without answers)."""
@@ -196,6 +198,11 @@ class Result:
     def tps(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
+    def cpu_ms(self, seconds: float) -> float:
+        """CPU milliseconds a request (nan without answers)."""
+        n = len(self.latencies) + self.errors
+        return seconds / n * 1e3 if n else float("nan")
+
     def add(self, other: Result) -> None:
         """Fold another round of the same scenario into this one."""
         self.seconds += other.seconds
@@ -203,11 +210,14 @@ class Result:
         self.tokens += other.tokens
         self.errors += other.errors
         self.first_error = self.first_error or other.first_error
+        self.server_cpu_s += other.server_cpu_s
+        self.client_cpu_s += other.client_cpu_s
 
     def row(self) -> list[str]:
         return [self.server, self.endpoint, str(self.clients), str(len(self.latencies)),
                 str(self.errors), f"{self.seconds:.1f}", f"{self.rps:.1f}", f"{self.tps:.0f}",
-                f"{self.pct(50):.0f}", f"{self.pct(95):.0f}", f"{self.pct(99):.0f}"]
+                f"{self.pct(50):.0f}", f"{self.pct(95):.0f}", f"{self.pct(99):.0f}",
+                f"{self.cpu_ms(self.server_cpu_s):.1f}", f"{self.cpu_ms(self.client_cpu_s):.1f}"]
 
     def as_dict(self) -> dict[str, Any]:
         return {"server": self.server, "endpoint": self.endpoint, "clients": self.clients,
@@ -215,6 +225,8 @@ class Result:
                 "seconds": round(self.seconds, 3), "requests_per_s": round(self.rps, 2),
                 "tokens_per_s": round(self.tps, 1), "p50_ms": round(self.pct(50), 1),
                 "p95_ms": round(self.pct(95), 1), "p99_ms": round(self.pct(99), 1),
+                "server_cpu_ms_per_request": round(self.cpu_ms(self.server_cpu_s), 2),
+                "client_cpu_ms_per_request": round(self.cpu_ms(self.client_cpu_s), 2),
                 "first_error": self.first_error or None}
 
 
@@ -233,6 +245,15 @@ def tokens_of(endpoint: str, answer: dict[str, Any]) -> int:
         return int(answer["aggregate"]["num_tokens"])
     return int(answer["details"]["generated_tokens"])
 
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its threads so far (Linux; else 0)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5), 12 and 13 after "(comm) state"
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 async def drive(server: Server, endpoint: str, clients: int, texts: list[str], total: int,
                 limit_s: float, max_new: int, stagger_s: float = 0.0) -> Result:
@@ -270,11 +291,15 @@ async def drive(server: Server, endpoint: str, clients: int, texts: list[str], t
     # connections spent about 6 ms of CPU a request in it, on the server's cores. Made before
     # the clock starts: each builds an SSL context, tens of ms of CPU.
     https = [httpx.AsyncClient(base_url=server.url, timeout=600) for _ in range(clients)]
+    server_cpu, client_cpu = process_cpu_s(server.process.pid), time.process_time()
     start = time.perf_counter()
     deadline = start + limit_s
     await asyncio.gather(*(client(i, http) for i, http in enumerate(https)))
     res.seconds = time.perf_counter() - start
+    res.server_cpu_s = process_cpu_s(server.process.pid) - server_cpu
+    res.client_cpu_s = time.process_time() - client_cpu
     return res
+
 
 
 async def warm(server: Server, texts: list[str], max_new: int) -> None:
@@ -352,7 +377,7 @@ def cpu_others(seconds: float = 0.5) -> float:
 
 def print_table(results: list[Result]) -> None:
     head = ["server", "endpoint", "clients", "ok", "errors", "s", "req/s", "tok/s", "p50 ms",
-            "p95 ms", "p99 ms"]
+            "p95 ms", "p99 ms", "srv cpu ms/req", "cli cpu ms/req"]
     rows = [head, *(r.row() for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     for n, row in enumerate(rows):
@@ -496,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
             summary["generate_tokens_per_s_ratio"]["ceiling"] = round(ceiling, 2)
             print(f"  ceiling: in-process, a decode step of {n_gen} streams yields {ceiling:.2f}x "
                   "the tokens/s of one stream before any HTTP cost")
+            cores = os.cpu_count() or 1
+            share = gb.client_cpu_s / gb.seconds / cores * 100 if gb.seconds else float("nan")
+            print(f"  CPU a request, batched: server {gb.cpu_ms(gb.server_cpu_s):.1f} ms, load "
+                  f"clients {gb.cpu_ms(gb.client_cpu_s):.1f} ms; the clients took {share:.0f}% "
+                  f"of the {cores} cores the server computes on")
         p1 = find(results, "batched", "/perplexity", 1)
         p8 = find(results, "batched", "/perplexity", 8)
         if p1 and p8 and p1.latencies and p8.latencies:
