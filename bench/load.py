@@ -44,10 +44,11 @@ import httpx
 import numpy as np
 
 from app.config import DEFAULT_WEIGHTS
+from app.engine import Engine
 from model.checkpoint import LoadedWeights, load_weights, save_weights
 from model.corpus import DATA_DIR_ENV, PTB_FILES, build_vocab
 from model.functions import log_softmax
-from model.inference import InferenceModel, score, step
+from model.inference import InferenceModel, SamplingParams, score, step
 from model.rnnlm import ModelConfig
 from model.vocab import Vocab
 
@@ -357,6 +358,43 @@ def decode_ceiling(loaded: LoadedWeights, streams: int = 32, steps: int = 60) ->
     return rate(streams) / rate(1)
 
 
+
+def engine_ratio(loaded: LoadedWeights, texts: list[str], streams: int = 32, per_stream: int = 16,
+                 max_new: int = GEN_TOKENS) -> tuple[float, float]:
+    """In-process tokens/s of the engine itself, batched and with max_batch_size 1.
+
+    The load's /generate scenario without HTTP: `streams` closed-loop greedy generations of
+    the same prompts. Between the model's step (decode_ceiling) and the servers, it shows what
+    the engine's own Python (planning, picking, delivering, prompts read in the batch) costs.
+    """
+    eos = loaded.vocab.eos_id
+    prompts = [[eos, *loaded.vocab.encode(t.split()[:5])] for t in texts[: streams * per_stream]]
+    greedy = SamplingParams(do_sample=False)
+
+    async def rate(batch_size: int, total: int) -> float:
+        engine = Engine(loaded, 4 * streams, max_batch_size=batch_size)
+        await engine.warmup()
+        issued = tokens = 0
+
+        async def client(i: int) -> None:
+            nonlocal issued, tokens
+            await asyncio.sleep(0.5 * i / streams)  # staggered, as the HTTP clients are
+            while issued < total:
+                prompt = prompts[issued % len(prompts)]
+                issued += 1
+                steps = await engine.generate_all(prompt, max_new, greedy, None, False)
+                tokens += len(steps)  # not `tokens += len(await ...)`: that reads tokens first
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(streams)))
+        seconds = time.perf_counter() - start
+        await engine.aclose()
+        return tokens / seconds
+
+    batched = asyncio.run(rate(streams, streams * per_stream))
+    unbatched = asyncio.run(rate(1, 2 * streams))
+    return batched, unbatched
+
 # --------------------------------------------------------------------------- report
 
 
@@ -521,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
             summary["generate_tokens_per_s_ratio"]["ceiling"] = round(ceiling, 2)
             print(f"  ceiling: in-process, a decode step of {n_gen} streams yields {ceiling:.2f}x "
                   "the tokens/s of one stream before any HTTP cost")
+            eb, eu = engine_ratio(loaded, texts, n_gen, max_new=max_new)
+            summary["generate_tokens_per_s_ratio"]["engine"] = round(eb / eu, 2)
+            print(f"  engine: in-process, without HTTP, {n_gen} generations batched make "
+                  f"{eb:.0f} tok/s against {eu:.0f} one at a time: {eb / eu:.2f}x")
             cores = os.cpu_count() or 1
             share = gb.client_cpu_s / gb.seconds / cores * 100 if gb.seconds else float("nan")
             print(f"  CPU a request, batched: server {gb.cpu_ms(gb.server_cpu_s):.1f} ms, load "

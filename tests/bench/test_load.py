@@ -30,4 +30,5 @@ def test_smoke_run_reports_every_scenario_without_errors() -> None:
         assert r["client_cpu_ms_per_request"] > 0  # the load clients' own CPU is measured
         assert r["server_cpu_ms_per_request"] >= 0
     assert summary["generate_tokens_per_s_ratio"]["ceiling"] > 0
+    assert summary["generate_tokens_per_s_ratio"]["engine"] > 0
     assert "perplexity_p99_8_over_single" not in summary  # no 8-client scenario in a smoke run
