@@ -100,6 +100,12 @@ class InferenceModel:
         return self.out_WT.T
 
     @property
+    def step_nbytes(self) -> int:
+        """Bytes of weights one decoding step reads (WxhT, b, out_WT, out_b)."""
+        arrays = (*self.WxhT, *self.b, self.out_WT, self.out_b)
+        return sum(a.nbytes for a in arrays)
+
+    @property
     def num_layers(self) -> int:
         """L."""
         return self.config.num_layers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from app.engine import (
+    INLINE_ROWS,
     RIDE_TOKENS,
     STREAM_BUFFER,
     DrainingError,
@@ -232,6 +234,31 @@ async def test_short_prompts_ride_in_the_decode_batch(tiny_loaded: LoadedWeights
         np.testing.assert_allclose(steps[0].prefill_logprobs, ref, atol=1e-5)
         if k == 2:
             np.testing.assert_allclose(lp, ref, atol=1e-5)
+
+
+async def test_small_decode_ticks_run_on_the_event_loop(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where: list[tuple[str, int, int]] = []
+    compute = engine._compute
+
+    def recording(tick: Any) -> Any:
+        where.append((threading.current_thread().name, len(tick.feed), len(tick.decode)))
+        return compute(tick)
+
+    monkeypatch.setattr(engine, "_compute", recording)
+    eos = engine.vocab.eos_id
+    greedy = SamplingParams(do_sample=False)
+    await engine.generate_all([eos, 5, 6], 4, greedy, None, stop_at_eos=False)  # alone
+    await asyncio.gather(*(engine.generate_all([eos, 5 + i, 6], 4, greedy, None, False)
+                           for i in range(4)))  # a batch of 4
+    await engine.score([[eos, 5, 6, 7, eos]])
+    loop_thread = threading.current_thread().name
+    for name, feed, decode in where:
+        small = not feed and decode <= INLINE_ROWS
+        assert (name == loop_thread) == small, (name, feed, decode)
+    assert any(decode > INLINE_ROWS for _, _, decode in where)  # both paths ran
+    assert any(name == loop_thread for name, _, _ in where)
 
 
 async def test_same_seed_same_tokens_and_no_state_leaks(engine: Engine) -> None:
