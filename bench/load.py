@@ -256,6 +256,7 @@ def process_cpu_s(pid: int) -> float:
     # utime and stime are fields 14 and 15 of stat(5), 12 and 13 after "(comm) state"
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+
 async def drive(server: Server, endpoint: str, clients: int, texts: list[str], total: int,
                 limit_s: float, max_new: int, stagger_s: float = 0.0) -> Result:
     """`clients` concurrent clients, each sending its next request when answered, until
@@ -300,7 +301,6 @@ async def drive(server: Server, endpoint: str, clients: int, texts: list[str], t
     res.server_cpu_s = process_cpu_s(server.process.pid) - server_cpu
     res.client_cpu_s = time.process_time() - client_cpu
     return res
-
 
 
 async def warm(server: Server, texts: list[str], max_new: int) -> None:
@@ -358,7 +358,6 @@ def decode_ceiling(loaded: LoadedWeights, streams: int = 32, steps: int = 60) ->
     return rate(streams) / rate(1)
 
 
-
 def engine_ratio(loaded: LoadedWeights, texts: list[str], streams: int = 32, per_stream: int = 16,
                  max_new: int = GEN_TOKENS) -> tuple[float, float]:
     """In-process tokens/s of the engine itself, batched and with max_batch_size 1.
@@ -394,6 +393,7 @@ def engine_ratio(loaded: LoadedWeights, texts: list[str], streams: int = 32, per
     batched = asyncio.run(rate(streams, streams * per_stream))
     unbatched = asyncio.run(rate(1, 2 * streams))
     return batched, unbatched
+
 
 # --------------------------------------------------------------------------- report
 
