@@ -616,10 +616,10 @@ class Engine:
         The last step carries its finish_reason; a consumer that stops iterating (a client
         that went away) leaves the batch at the next step.
         """
-        if max_new_tokens <= 0 and prompt_ids:
-            return
         s = self._new_stream(prompt_ids, max_new_tokens, params, seed, stop_at_eos,
                              stop_sequences, top_n_tokens, prefill_logprobs)
+        if max_new_tokens <= 0:
+            return
         out: asyncio.Queue[EngineStep | BaseException] = asyncio.Queue()
         s.out = out
         async with self._running_stream(s):
@@ -649,10 +649,10 @@ class Engine:
         For answers that are not streamed: the request is woken once at the end instead of
         once a token, which at 32 running generations is 32 task switches a decode step.
         """
-        if max_new_tokens <= 0 and prompt_ids:
-            return []
         s = self._new_stream(prompt_ids, max_new_tokens, params, seed, stop_at_eos,
                              stop_sequences, top_n_tokens, prefill_logprobs)
+        if max_new_tokens <= 0:
+            return []
         s.future = asyncio.get_running_loop().create_future()
         async with self._running_stream(s):
             steps: list[EngineStep] = await s.future
@@ -685,7 +685,7 @@ class Engine:
         top_n_tokens: int,
         prefill_logprobs: bool,
     ) -> _Stream:
-        """A generation's stream, not yet admitted."""
+        """A generation's stream, not yet admitted (ValueError on an empty prompt)."""
         if not prompt_ids:
             raise ValueError("the prompt needs at least one token (start with <eos>)")
         return _Stream(

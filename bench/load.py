@@ -231,12 +231,16 @@ class Result:
                 "first_error": self.first_error or None}
 
 
+def prompt_words(text: str) -> list[str]:
+    """A /generate prompt: the first five words of a sentence."""
+    return text.split()[:5]
+
+
 def body_of(endpoint: str, text: str, max_new: int) -> dict[str, Any]:
     """A request: one sentence to score, or its first five words as a prompt."""
     if endpoint == "/perplexity":
         return {"text": text}
-    prompt = " ".join(text.split()[:5])
-    return {"inputs": prompt,
+    return {"inputs": " ".join(prompt_words(text)),
             "parameters": {"max_new_tokens": max_new, "stop_at_eos": False, "details": True}}
 
 
@@ -359,7 +363,7 @@ def decode_ceiling(loaded: LoadedWeights, streams: int = 32, steps: int = 60) ->
 
 
 def engine_ratio(loaded: LoadedWeights, texts: list[str], streams: int = 32, per_stream: int = 16,
-                 max_new: int = GEN_TOKENS) -> tuple[float, float]:
+                 max_new: int = GEN_TOKENS, stagger_s: float = 0.5) -> tuple[float, float]:
     """In-process tokens/s of the engine itself, batched and with max_batch_size 1.
 
     The load's /generate scenario without HTTP: `streams` closed-loop greedy generations of
@@ -367,7 +371,7 @@ def engine_ratio(loaded: LoadedWeights, texts: list[str], streams: int = 32, per
     the engine's own Python (planning, picking, delivering, prompts read in the batch) costs.
     """
     eos = loaded.vocab.eos_id
-    prompts = [[eos, *loaded.vocab.encode(t.split()[:5])] for t in texts[: streams * per_stream]]
+    prompts = [[eos, *loaded.vocab.encode(prompt_words(t))] for t in texts[: streams * per_stream]]
     greedy = SamplingParams(do_sample=False)
 
     async def rate(batch_size: int, total: int) -> float:
@@ -377,7 +381,7 @@ def engine_ratio(loaded: LoadedWeights, texts: list[str], streams: int = 32, per
 
         async def client(i: int) -> None:
             nonlocal issued, tokens
-            await asyncio.sleep(0.5 * i / streams)  # staggered, as the HTTP clients are
+            await asyncio.sleep(stagger_s * i / streams)  # staggered as the HTTP clients are
             while issued < total:
                 prompt = prompts[issued % len(prompts)]
                 issued += 1
@@ -559,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["generate_tokens_per_s_ratio"]["ceiling"] = round(ceiling, 2)
             print(f"  ceiling: in-process, a decode step of {n_gen} streams yields {ceiling:.2f}x "
                   "the tokens/s of one stream before any HTTP cost")
-            eb, eu = engine_ratio(loaded, texts, n_gen, max_new=max_new)
+            eb, eu = engine_ratio(loaded, texts, n_gen, max_new=max_new, stagger_s=args.stagger)
             summary["generate_tokens_per_s_ratio"]["engine"] = round(eb / eu, 2)
             print(f"  engine: in-process, without HTTP, {n_gen} generations batched make "
                   f"{eb:.0f} tok/s against {eu:.0f} one at a time: {eb / eu:.2f}x")
