@@ -19,6 +19,13 @@ processes use the CPUs.
   python -m bench.load --quick         # < 3 min: /generate at 1 and 32 clients; the last
                                        # line is the batched/unbatched tokens/s at 32
   python -m bench.load --smoke         # seconds: a tiny model, tiny counts (timings mean nothing)
+  python -m bench.load --server-cpus 0,1 --client-cpus 2-5
+                                       # servers on 2 CPUs, the load clients on 4 others
+                                       # (Linux, a machine with more than 2 CPUs)
+
+On a 2-CPU machine the load clients and the servers' HTTP work share the two cores the decode
+step's two BLAS threads need; --server-cpus and --client-cpus keep them apart where there are
+more, as a load test from another machine would.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import numpy as np
 
 from app.config import DEFAULT_WEIGHTS
 from app.engine import Engine
+from model.blas import set_num_threads
 from model.checkpoint import LoadedWeights, load_weights, save_weights
 from model.corpus import DATA_DIR_ENV, PTB_FILES, build_vocab
 from model.functions import log_softmax
@@ -124,6 +132,42 @@ class Server:
     log: Path
 
 
+def parse_cpus(spec: str) -> frozenset[int]:
+    """A CPU list as taskset takes it ("0,1", "2-5", "0-1,4") -> the CPU numbers."""
+    cpus: set[int] = set()
+    try:
+        for part in spec.split(","):
+            first, dash, last = part.strip().partition("-")
+            lo, hi = int(first), int(last if dash else first)
+            if lo < 0 or hi < lo:
+                raise ValueError(part)
+            cpus.update(range(lo, hi + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list like 0,1 or 2-5: {spec!r}") from None
+    return frozenset(cpus)
+
+
+@contextlib.contextmanager
+def on_cpus(cpus: frozenset[int] | None, blas: bool = False) -> Iterator[None]:
+    """Run this process, and the processes it starts, on these CPUs only (None: as it is).
+
+    With blas, OpenBLAS also uses one thread per CPU, as a server started on them does
+    (OpenBLAS counts the CPUs a process may use when it loads).
+    """
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    threads = set_num_threads(len(cpus)) if blas else None
+    try:
+        yield
+    finally:
+        if threads is not None:
+            set_num_threads(threads)
+        os.sched_setaffinity(0, before)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -131,8 +175,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(name: str, weights: Path, batch_size: int, log_dir: Path) -> Iterator[Server]:
-    """Start rnnlm-serve on a loopback port with the given batch size; stop it after."""
+def serve(name: str, weights: Path, batch_size: int, log_dir: Path,
+          cpus: frozenset[int] | None = None) -> Iterator[Server]:
+    """Start rnnlm-serve on a loopback port with the given batch size (on `cpus` when given);
+    stop it after."""
     port = _free_port()
     env = {
         **os.environ,
@@ -146,7 +192,7 @@ def serve(name: str, weights: Path, batch_size: int, log_dir: Path) -> Iterator[
     }
     log = log_dir / f"{name}.log"
     cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as f:
+    with log.open("wb") as f, on_cpus(cpus):
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     server = Server(name, f"http://127.0.0.1:{port}", proc, log)
     try:
@@ -417,6 +463,11 @@ def cpu_others(seconds: float = 0.5) -> float:
     return 100.0 * (b1 - b0) / max(t1 - t0, 1)
 
 
+def cpu_list(cpus: frozenset[int] | None) -> str:
+    """A CPU set for the report ("any" when not pinned)."""
+    return ",".join(map(str, sorted(cpus))) if cpus else "any"
+
+
 def print_table(results: list[Result]) -> None:
     head = ["server", "endpoint", "clients", "ok", "errors", "s", "req/s", "tok/s", "p50 ms",
             "p95 ms", "p99 ms", "srv cpu ms/req", "cli cpu ms/req"]
@@ -459,7 +510,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stagger", type=float, default=0.5,
                    help="seconds over which the clients of a /generate scenario start "
                    "(default 0.5; 0 starts them together)")
+    p.add_argument("--server-cpus", type=parse_cpus, metavar="LIST",
+                   help="run the servers and the in-process figures on these CPUs (0,1 or 0-1)")
+    p.add_argument("--client-cpus", type=parse_cpus, metavar="LIST",
+                   help="run the load clients on these CPUs (2-5)")
     args = p.parse_args(argv)
+    if args.server_cpus or args.client_cpus:
+        if not hasattr(os, "sched_setaffinity"):
+            p.error("--server-cpus and --client-cpus need Linux")
+        usable = os.sched_getaffinity(0)
+        pinned = (("--server-cpus", args.server_cpus), ("--client-cpus", args.client_cpus))
+        for flag, cpus in pinned:
+            if cpus and not cpus <= usable:
+                p.error(f"{flag}: CPUs {sorted(cpus - usable)} are not among this process's "
+                        f"{sorted(usable)}")
+        if args.server_cpus and args.client_cpus and args.server_cpus & args.client_cpus:
+            print(f"WARNING: the servers and the clients share CPUs "
+                  f"{sorted(args.server_cpus & args.client_cpus)}")
+    server_cpus, client_cpus = args.server_cpus, args.client_cpus
 
     clients = [1, 32] if args.quick else [1, 4] if args.smoke else [1, 8, 32, 64]
     if args.clients:
@@ -505,15 +573,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {cfg.num_layers}x{cfg.hidden_size} V={cfg.vocab_size} ({weights}); "
               f"clients {clients}; {len(texts)} test sentences; at most {limit_s:.0f} s per "
               "scenario and server", flush=True)
+        if server_cpus or client_cpus:
+            print(f"CPUs: servers {cpu_list(server_cpus)}, load clients {cpu_list(client_cpus)}",
+                  flush=True)
         results: list[Result] = []
         # per scenario, the batched / unbatched tokens/s of each round
         paired: dict[tuple[str, int], list[float]] = {}
-        with (serve("batched", weights, args.batch_size, tmp_dir) as batched,
-              serve("unbatched", weights, 1, tmp_dir) as unbatched):
+        with (serve("batched", weights, args.batch_size, tmp_dir, server_cpus) as batched,
+              serve("unbatched", weights, 1, tmp_dir, server_cpus) as unbatched):
             info = httpx.get(batched.url + "/info", timeout=30).json()
             print("blas:", json.dumps(info.get("blas")), flush=True)
             for server in (batched, unbatched):
-                asyncio.run(warm(server, texts, max_new))
+                with on_cpus(client_cpus):
+                    asyncio.run(warm(server, texts, max_new))
             rng = np.random.default_rng(0)
             for endpoint in endpoints:
                 for n in clients:
@@ -528,9 +600,10 @@ def main(argv: list[str] | None = None) -> int:
                         texts_r = batch[r * per_round:] + batch[: r * per_round]
                         got: dict[str, Result] = {}
                         for server in (batched, unbatched)[:: 1 if r % 2 == 0 else -1]:
-                            got[server.name] = asyncio.run(drive(
-                                server, endpoint, n, texts_r, per_round, limit_s / rounds,
-                                max_new, stagger))
+                            with on_cpus(client_cpus):
+                                got[server.name] = asyncio.run(drive(
+                                    server, endpoint, n, texts_r, per_round, limit_s / rounds,
+                                    max_new, stagger))
                             both[server.name].add(got[server.name])
                             time.sleep(0.5)  # let the idle BLAS threads stop spinning
                         if got["unbatched"].tps:
@@ -559,25 +632,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"/generate x {n_gen}: batched {gb.tps:.0f} tok/s, unbatched {gu.tps:.0f} "
                   f"tok/s: {ratio:.2f}x{spread} (target >= {TARGET_GEN_RATIO:g}x with 2x650) "
                   f"{verdict}")
-            ceiling = decode_ceiling(loaded, n_gen)
+            with on_cpus(server_cpus, blas=True):
+                ceiling = decode_ceiling(loaded, n_gen)
             summary["generate_tokens_per_s_ratio"]["ceiling"] = round(ceiling, 2)
             print(f"  ceiling: in-process, a decode step of {n_gen} streams yields {ceiling:.2f}x "
                   "the tokens/s of one stream before any HTTP cost")
-            eb, eu = engine_ratio(loaded, texts, n_gen, max_new=max_new, stagger_s=args.stagger)
+            with on_cpus(server_cpus, blas=True):
+                eb, eu = engine_ratio(loaded, texts, n_gen, max_new=max_new,
+                                      stagger_s=args.stagger)
             summary["generate_tokens_per_s_ratio"]["engine"] = round(eb / eu, 2)
             print(f"  engine: in-process, without HTTP, {n_gen} generations batched make "
                   f"{eb:.0f} tok/s against {eu:.0f} one at a time: {eb / eu:.2f}x")
-            cores = os.cpu_count() or 1
+            cores = len(server_cpus) if server_cpus else os.cpu_count() or 1
             share = gb.client_cpu_s / gb.seconds / cores * 100 if gb.seconds else float("nan")
+            apart = bool(server_cpus and client_cpus and not server_cpus & client_cpus)
+            where = ("ran on CPUs apart from the server's" if apart else
+                     f"took {share:.0f}% of the {cores} cores the server computes on")
             print(f"  CPU a request, batched: server {gb.cpu_ms(gb.server_cpu_s):.1f} ms, load "
-                  f"clients {gb.cpu_ms(gb.client_cpu_s):.1f} ms; the clients took {share:.0f}% "
-                  f"of the {cores} cores the server computes on")
+                  f"clients {gb.cpu_ms(gb.client_cpu_s):.1f} ms; the clients {where}")
         p1 = find(results, "batched", "/perplexity", 1)
         p8 = find(results, "batched", "/perplexity", 8)
         if p1 and p8 and p1.latencies and p8.latencies:
             single = statistics.median(p1.latencies) * 1e3
             lat = p8.pct(99) / single
-            f1, f8 = forward_floor(loaded, texts)
+            with on_cpus(server_cpus, blas=True):
+                f1, f8 = forward_floor(loaded, texts)
             summary["perplexity_p99_8_over_single"] = {
                 "ratio": round(lat, 2), "target": TARGET_P99_RATIO,
                 "forward_1_ms": round(f1 * 1e3, 2), "forward_8_ms": round(f8 * 1e3, 2),
@@ -591,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["results"] = [r.as_dict() for r in results]
         summary["model"] = f"{cfg.num_layers}x{cfg.hidden_size}"
         summary["others_cpu_pct"] = round(others, 1)
+        summary["cpus"] = {"servers": sorted(server_cpus) if server_cpus else None,
+                           "clients": sorted(client_cpus) if client_cpus else None}
         if args.quick:
             print(json.dumps(summary))
             print(f"batched/unbatched generated tokens/s at {n_gen} clients: {ratio:.2f}")

@@ -41,6 +41,19 @@ def _cpu_has_avx512() -> bool:
     return False
 
 
+def _openblas_call(name: str) -> Any | None:
+    """An OpenBLAS function by its plain name (get_corename, ...), under either symbol style."""
+    lib = _openblas_lib()
+    if lib is None:
+        return None
+    for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "")):
+        try:
+            return getattr(lib, f"{prefix}_{name}{suffix}")
+        except AttributeError:
+            continue
+    return None
+
+
 def blas_info() -> dict[str, Any]:
     """Kernel family, threads and the OPENBLAS_* variables that steer them."""
     info: dict[str, Any] = {
@@ -50,19 +63,22 @@ def blas_info() -> dict[str, Any]:
         "cpu_avx512": _cpu_has_avx512(),
         "env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
     }
-    lib = _openblas_lib()
-    if lib is not None:
-        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "")):
-            try:
-                core = getattr(lib, f"{prefix}_get_corename{suffix}")
-                threads = getattr(lib, f"{prefix}_get_num_threads{suffix}")
-            except AttributeError:
-                continue
-            core.restype = ctypes.c_char_p
-            info["corename"] = core().decode()
-            info["threads"] = int(threads())
-            break
+    core, threads = _openblas_call("get_corename"), _openblas_call("get_num_threads")
+    if core is not None and threads is not None:
+        core.restype = ctypes.c_char_p
+        info["corename"] = core().decode()
+        info["threads"] = int(threads())
     return info
+
+
+def set_num_threads(n: int) -> int | None:
+    """Have OpenBLAS use n threads from now on; the count before, or None without OpenBLAS."""
+    get, put = _openblas_call("get_num_threads"), _openblas_call("set_num_threads")
+    if get is None or put is None:
+        return None
+    before = int(get())
+    put(ctypes.c_int(n))
+    return before
 
 
 def warn_if_slow_kernel(info: dict[str, Any] | None = None) -> str | None:

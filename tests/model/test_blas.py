@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.blas import blas_info, warn_if_slow_kernel
+from model.blas import blas_info, set_num_threads, warn_if_slow_kernel
 
 
 def test_blas_info_has_the_fields() -> None:
@@ -24,3 +24,14 @@ def test_warns_only_for_pre_avx512_kernels_on_avx512(core: str | None, avx512: b
     assert (msg is not None) == warns
     if warns:
         assert msg is not None and "OPENBLAS_CORETYPE=Haswell" in msg
+
+
+def test_set_num_threads_changes_the_count_and_gives_the_old_one() -> None:
+    before = set_num_threads(1)
+    if before is None:
+        pytest.skip("numpy does not run on its bundled OpenBLAS here")
+    try:
+        assert blas_info()["threads"] == 1
+    finally:
+        assert set_num_threads(before) == 1
+    assert blas_info()["threads"] == before
