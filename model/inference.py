@@ -120,6 +120,12 @@ class InferenceModel:
         return self.Wxh[k][:d_in], self.Wxh[k][d_in:]
 
 
+# Products of 2 or 3 rows run as that many matrix-vector products: OpenBLAS packs the whole
+# weight matrix for a small matrix product, so at 2x650 a decode step of 2 streams took 2.4 ms
+# against 1.6 ms row by row (3 rows: 2.9 against 2.3; 4 rows were about even).
+ROWWISE_MAX = 3
+
+
 def _pad(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad id sequences with 0 -> ids (N, T) and lengths (N,)."""
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
@@ -180,7 +186,11 @@ def _run_packed(
         for t in range(T):
             m, s = int(p.n[t]), int(p.offsets[t])
             a = A[s : s + m]
-            np.matmul(hk[:m], Wh, out=hWh[:m])
+            if 1 < m <= ROWWISE_MAX:
+                for i in range(m):
+                    np.matmul(hk[i], Wh, out=hWh[i])
+            else:
+                np.matmul(hk[:m], Wh, out=hWh[:m])
             a += hWh[:m]
             _cell_fiog(a, ck[:m], ck[:m], tc[:m], hk[:m], gi[:m])
             out[s : s + m] = hk[:m]
@@ -273,6 +283,9 @@ def next_logprobs(
 def step(model: InferenceModel, ids: np.ndarray, state: LSTMState) -> tuple[np.ndarray, LSTMState]:
     """Advance N streams by one token each: (N,) ids -> (N, V) logits and the new state."""
     N = ids.shape[0]
+    if 1 < N <= ROWWISE_MAX:
+        rows = [step(model, ids[i : i + 1], state.select([i])) for i in range(N)]
+        return np.concatenate([lg for lg, _ in rows]), LSTMState.stack([st for _, st in rows])
     H = model.config.hidden_size
     x = model.embed[ids]  # (N, D)
     h_new = np.empty_like(state.h)

@@ -126,6 +126,25 @@ def test_step_equals_window(model: InferenceModel) -> None:
     assert np.allclose(state.h, ref_state.h, atol=1e-6)
 
 
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 6])
+def test_step_of_n_streams_equals_each_stream_alone(model: InferenceModel, N: int) -> None:
+    """2 or 3 streams step row by row, more as one product: both agree with a stream alone."""
+    r = np.random.default_rng(10 + N)
+    L, H = model.num_layers, model.config.hidden_size
+    ids = r.integers(0, V, N)
+    state = LSTMState(
+        r.standard_normal((L, N, H)).astype(np.float32),
+        r.standard_normal((L, N, H)).astype(np.float32),
+    )
+    logits, new = step(model, ids, state)
+    assert logits.shape == (N, V) and new.h.shape == (L, N, H)
+    for i in range(N):
+        alone, own = step(model, ids[i : i + 1], state.select([i]))
+        assert np.allclose(logits[i], alone[0], atol=1e-5)
+        assert np.allclose(new.h[:, i], own.h[:, 0], atol=1e-6)
+        assert np.allclose(new.c[:, i], own.c[:, 0], atol=1e-6)
+
+
 def test_corpus_logprobs_book_batching_indexing(model: InferenceModel) -> None:
     c = np.random.default_rng(7).integers(0, V, 800)
     got = corpus_logprobs(model, c, book_batching=True)
