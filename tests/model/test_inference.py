@@ -52,11 +52,14 @@ def test_equals_training_forward_with_dropout_off(trained_like, model) -> None: 
     assert np.allclose(np.stack(lps), want, atol=1e-5)
     nxt, _ = next_logprobs(model, list(xs))
     assert np.allclose(nxt, ref[:, -1], atol=1e-5)
+    two, _ = next_logprobs(model, list(xs[:2]))  # 2 contexts: the row-by-row products
+    assert np.allclose(two, ref[:2, -1], atol=1e-5)
 
 
-def test_matches_naive_float64_loop(trained_like, model) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("n", [2, 3, 4, 60])  # 1, 2, 3 positions take the row-by-row products
+def test_matches_naive_float64_loop(trained_like, model, n) -> None:  # type: ignore[no-untyped-def]
     cfg, params = trained_like
-    ids = list(np.random.default_rng(3).integers(0, V, 60))
+    ids = list(np.random.default_rng(3).integers(0, V, n))
     lps, _ = score(model, [ids[:-1]], [ids[1:]])
     assert np.allclose(lps[0], naive_logprobs(params, cfg, ids), atol=1e-5)
 
