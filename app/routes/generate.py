@@ -259,8 +259,8 @@ class Renderer:
         self._line_start = True
         self._last_eos = False
 
-    def token(self, token_id: int, logprob: float) -> Token:
-        """The Token for the next generated id; its text is what it adds to the output."""
+    def add(self, token_id: int) -> str:
+        """Append the next generated id to the output; the text it adds."""
         eos = token_id == self.vocab.eos_id
         if eos:
             piece = "\n"
@@ -270,7 +270,12 @@ class Renderer:
         self._line_start = eos
         self._last_eos = eos
         self.text += piece
-        return Token(id=token_id, text=piece, logprob=logprob, special=eos)
+        return piece
+
+    def token(self, token_id: int, logprob: float) -> Token:
+        """The Token for the next generated id, appended to the output."""
+        eos = token_id == self.vocab.eos_id
+        return Token(id=token_id, text=self.add(token_id), logprob=logprob, special=eos)
 
     def top(self, pairs: tuple[tuple[int, float], ...]) -> list[Token]:
         """The top alternatives as Tokens, their text as if each were chosen."""
@@ -335,8 +340,12 @@ async def generate_once(
     metrics.tokens_generated.inc(len(steps))
     top_tokens: list[list[Token]] = []
     tokens: list[Token] = []
-    for s in steps:  # each step's alternatives are rendered as if they came in its place
-        top_tokens.append(renderer.top(s.top_tokens))
+    for s in steps:
+        if not plan.details:  # the text alone: no Token objects to build
+            renderer.add(s.id)
+            continue
+        if plan.top_n:  # each step's alternatives are rendered as if they came in its place
+            top_tokens.append(renderer.top(s.top_tokens))
         tokens.append(renderer.token(s.id, s.logprob))
     details = None
     if plan.details:
