@@ -44,6 +44,7 @@ from typing import Any, cast
 import numpy as np
 
 from app.metrics import EngineMetrics
+from model.blas import transposed_decode_is_faster
 from model.checkpoint import LoadedWeights
 from model.functions import log_softmax
 from model.inference import (
@@ -394,7 +395,9 @@ class Engine:
     ) -> None:
         self.weights = weights
         self.vocab: Vocab = weights.vocab
-        self.model = InferenceModel.from_params(weights.config, weights.params)
+        self.model = InferenceModel.from_params(
+            weights.config, weights.params, decode_transposed=transposed_decode_is_faster()
+        )
         self.queue_size = queue_size
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_batch_wait_s = max(0.0, float(max_batch_wait_ms)) / 1000.0
@@ -1058,6 +1061,7 @@ class Engine:
             "max_batch_size": self.max_batch_size,
             "max_batch_wait_ms": self.max_batch_wait_s * 1000.0,
             "max_batch_tokens": self.max_batch_tokens,
+            "decode_layout": "W.T @ x.T" if self.model.decode_transposed else "x @ W",
             "queue_size": self.queue_size,
             "in_flight": self._in_flight,
             "queued_texts": len(self._score_rows),

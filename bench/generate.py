@@ -40,6 +40,7 @@ from bench.common import (
     start,
     verdict,
 )
+from model.blas import transposed_decode_is_faster
 from model.functions import logsumexp
 from model.inference import InferenceModel, SamplingParams, generate, next_logprobs, step
 from model.rnnlm import ModelConfig
@@ -79,7 +80,7 @@ def bench_size(torch: Any, cfg: ModelConfig, sents: list[list[int]], eos: int,
     """b1 and b32 greedy decoding of one model; -> its results."""
     print(f"\n-- random weights: {cfg.num_layers}x{cfg.hidden_size} tied, V={cfg.vocab_size}")
     params = random_params(cfg)
-    im = InferenceModel.from_params(cfg, params)
+    im = InferenceModel.from_params(cfg, params, decode_transposed=transposed_decode_is_faster())
     tm = build_torch_lm(cfg, params).eval()
     n1 = 5 if args.smoke else 50
     n32 = 3 if args.smoke else 20

@@ -52,7 +52,7 @@ import numpy as np
 
 from app.config import DEFAULT_WEIGHTS
 from app.engine import Engine
-from model.blas import set_num_threads
+from model.blas import set_num_threads, transposed_decode_is_faster
 from model.checkpoint import LoadedWeights, load_weights, save_weights
 from model.corpus import DATA_DIR_ENV, PTB_FILES, build_vocab
 from model.functions import log_softmax
@@ -394,7 +394,8 @@ def decode_ceiling(loaded: LoadedWeights, streams: int = 32, steps: int = 60) ->
     It bounds the batched / unbatched /generate ratio from above: with no HTTP or Python
     cost at all, a server can batch no better than the model's step does.
     """
-    model = InferenceModel.from_params(loaded.config, loaded.params)
+    model = InferenceModel.from_params(loaded.config, loaded.params,
+                                       decode_transposed=transposed_decode_is_faster())
 
     def rate(n: int) -> float:
         state, ids, times = model.zero_state(n), np.zeros(n, np.int64), []

@@ -61,14 +61,25 @@ class InferenceModel:
     config: ModelConfig
     embed: np.ndarray  # (V, D)
     Wxh: tuple[np.ndarray, ...]  # per layer (D_in + H, 4H): Wx over Wh, gates [f, i, o, g]
-    WxhT: tuple[np.ndarray, ...]  # per layer (4H, D_in + H): the same, transposed (a copy)
+    WxhT: tuple[np.ndarray, ...]  # per layer (4H, D_in + H): the same, transposed (a copy);
+    # empty unless decode_transposed
     b: tuple[np.ndarray, ...]  # per layer (4H,), gates [f, i, o, g]
     out_WT: np.ndarray  # (V, H): ``embed`` itself when tied
     out_b: np.ndarray  # (V,)
+    decode_transposed: bool = True  # a decoding step computes W.T @ x.T (else x @ W)
 
     @classmethod
-    def from_params(cls, config: ModelConfig, params: Mapping[str, np.ndarray]) -> InferenceModel:
-        """Build from named parameters (DESIGN.md naming); copies into float32."""
+    def from_params(
+        cls,
+        config: ModelConfig,
+        params: Mapping[str, np.ndarray],
+        *,
+        decode_transposed: bool = True,
+    ) -> InferenceModel:
+        """Build from named parameters (DESIGN.md naming); copies into float32.
+
+        decode_transposed picks the decoding step's layout (model.blas.transposed_decode_is_faster).
+        """
 
         def frozen(a: np.ndarray) -> np.ndarray:
             a = np.array(a, dtype=np.float32, order="C", copy=True)
@@ -82,17 +93,20 @@ class InferenceModel:
         # overhead is what a batch-1 request pays for. The LSTM weights are kept in both
         # layouts (27 MB more at 2 x 650), as each path has its fastest OpenBLAS form: windows
         # run [x, h] @ W, a decoding step W.T @ [x, h].T (32 streams: 4.2 against 5.0 ms a
-        # step, and the output projection embed @ h.T needs no copy).
+        # step, and the output projection embed @ h.T needs no copy). That holds for
+        # OpenBLAS's AVX-512 kernels; with its AVX2 (Haswell) kernels a decoding step is
+        # faster as [x, h] @ W (32 streams: 5.6 against 6.7 ms), and the copy is not made.
         perm = _fiog(config.hidden_size)
         Wxh = tuple(
             frozen(np.concatenate([params[f"lstm.{k}.Wx"], params[f"lstm.{k}.Wh"]],
                                   axis=0)[:, perm])
             for k in range(config.num_layers)
         )
-        WxhT = tuple(frozen(W.T) for W in Wxh)
+        WxhT = tuple(frozen(W.T) for W in Wxh) if decode_transposed else ()
         b = tuple(frozen(params[f"lstm.{k}.b"][perm]) for k in range(config.num_layers))
         out_WT = embed if config.tied else frozen(params["affine.W"].T)
-        return cls(config, embed, Wxh, WxhT, b, out_WT, frozen(params["affine.b"]))
+        return cls(config, embed, Wxh, WxhT, b, out_WT, frozen(params["affine.b"]),
+                   decode_transposed)
 
     @property
     def out_W(self) -> np.ndarray:
@@ -101,8 +115,8 @@ class InferenceModel:
 
     @property
     def step_nbytes(self) -> int:
-        """Bytes of weights one decoding step reads (WxhT, b, out_WT, out_b)."""
-        arrays = (*self.WxhT, *self.b, self.out_WT, self.out_b)
+        """Bytes of weights one decoding step reads (the LSTM weights, biases, output)."""
+        arrays = (*(self.WxhT or self.Wxh), *self.b, self.out_WT, self.out_b)
         return sum(a.nbytes for a in arrays)
 
     @property
@@ -303,10 +317,15 @@ def step(model: InferenceModel, ids: np.ndarray, state: LSTMState) -> tuple[np.n
     gi = np.empty((N, H), dtype=np.float32)
     for k in range(model.num_layers):
         xh = np.concatenate([x, state.h[k]], axis=1)  # (N, D_in + H)
-        a = (model.WxhT[k] @ xh.T).T  # (N, 4H), a view of (4H, N)
+        # (N, 4H); transposed, a view of (4H, N)
+        a = (model.WxhT[k] @ xh.T).T if model.decode_transposed else xh @ model.Wxh[k]
         a += model.b[k]
         _cell_fiog(a, state.c[k], c_new[k], tc, h_new[k], gi)
         x = h_new[k]
+    if not model.decode_transposed:
+        logits = x @ model.out_W  # (N, V)
+        logits += model.out_b
+        return logits, LSTMState(h_new, c_new)
     logits_T = model.out_WT @ x.T  # (V, N)
     logits_T += model.out_b[:, None]
     return np.ascontiguousarray(logits_T.T), LSTMState(h_new, c_new)  # (N, V)

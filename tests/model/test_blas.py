@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from model.blas import blas_info, set_num_threads, warn_if_slow_kernel
+from model.blas import (
+    blas_info,
+    set_num_threads,
+    transposed_decode_is_faster,
+    warn_if_slow_kernel,
+)
 
 
 def test_blas_info_has_the_fields() -> None:
@@ -35,3 +40,12 @@ def test_set_num_threads_changes_the_count_and_gives_the_old_one() -> None:
     finally:
         assert set_num_threads(before) == 1
     assert blas_info()["threads"] == before
+
+
+@pytest.mark.parametrize(
+    ("core", "transposed"),
+    [("SkylakeX", True), ("Cooperlake", True), ("Haswell", False), ("Zen", False), (None, True)],
+)
+def test_the_decoding_layout_follows_the_kernel_family(core: str | None, transposed: bool) -> None:
+    info = {"corename": core, "cpu_avx512": True, "env": {}}
+    assert transposed_decode_is_faster(info) == transposed

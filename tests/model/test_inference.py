@@ -129,9 +129,15 @@ def test_step_equals_window(model: InferenceModel) -> None:
     assert np.allclose(state.h, ref_state.h, atol=1e-6)
 
 
+@pytest.mark.parametrize("transposed", [True, False], ids=["WT@xT", "x@W"])
 @pytest.mark.parametrize("N", [1, 2, 3, 4, 6])
-def test_step_of_n_streams_equals_each_stream_alone(model: InferenceModel, N: int) -> None:
-    """2 or 3 streams step row by row, more as one product: both agree with a stream alone."""
+def test_step_of_n_streams_equals_each_stream_alone(
+    trained_like: tuple[ModelConfig, dict[str, np.ndarray]], N: int, transposed: bool
+) -> None:
+    """2 or 3 streams step row by row, more as one product, in either layout: every way
+    agrees with a stream alone and with the training forward."""
+    cfg, params = trained_like
+    model = InferenceModel.from_params(cfg, params, decode_transposed=transposed)
     r = np.random.default_rng(10 + N)
     L, H = model.num_layers, model.config.hidden_size
     ids = r.integers(0, V, N)
@@ -141,6 +147,11 @@ def test_step_of_n_streams_equals_each_stream_alone(model: InferenceModel, N: in
     )
     logits, new = step(model, ids, state)
     assert logits.shape == (N, V) and new.h.shape == (L, N, H)
+    assert logits.flags.c_contiguous
+    ref = BetterRnnlm(cfg, {k: v.copy() for k, v in params.items()})
+    xs = ids[:, None]  # (N, 1): one step of the training forward from the same state
+    ref_logits = ref.logits(xs, LSTMState(state.h.copy(), state.c.copy()))
+    assert np.allclose(logits, ref_logits[:, 0], atol=1e-5)
     for i in range(N):
         alone, own = step(model, ids[i : i + 1], state.select([i]))
         assert np.allclose(logits[i], alone[0], atol=1e-5)
@@ -188,6 +199,16 @@ def test_tied_projection_is_the_embedding(model: InferenceModel) -> None:
     assert np.shares_memory(Wx, model.Wxh[0]) and np.shares_memory(Wh, model.Wxh[0])
     for W, WT in zip(model.Wxh, model.WxhT, strict=True):  # two layouts of the same numbers
         assert WT.flags.c_contiguous and np.array_equal(WT, W.T)
+
+
+def test_row_major_decoding_keeps_one_layout(
+    trained_like: tuple[ModelConfig, dict[str, np.ndarray]],
+) -> None:
+    """Without the transposed decoding step there is no transposed copy to keep."""
+    both = InferenceModel.from_params(*trained_like)
+    one = InferenceModel.from_params(*trained_like, decode_transposed=False)
+    assert one.WxhT == () and len(both.WxhT) == both.num_layers
+    assert one.step_nbytes == both.step_nbytes  # a step reads either layout once
 
 
 # ------------------------------------------------------------------ generation
