@@ -149,11 +149,9 @@ def parse_cpus(spec: str) -> frozenset[int]:
 
 @contextlib.contextmanager
 def on_cpus(cpus: frozenset[int] | None, blas: bool = False) -> Iterator[None]:
-    """Run this process, and the processes it starts, on these CPUs only (None: as it is).
-
-    With blas, OpenBLAS also uses one thread per CPU, as a server started on them does
-    (OpenBLAS counts the CPUs a process may use when it loads).
-    """
+    """Run this process and those it starts on these CPUs only (None: as it is)."""
+    # With blas, OpenBLAS also uses one thread per CPU, as a server started on them does
+    # (OpenBLAS counts the CPUs a process may use when it loads).
     if cpus is None:
         yield
         return

@@ -76,10 +76,8 @@ class InferenceModel:
         *,
         decode_transposed: bool = True,
     ) -> InferenceModel:
-        """Build from named parameters (DESIGN.md naming); copies into float32.
-
-        decode_transposed picks the decoding step's layout (model.blas.transposed_decode_is_faster).
-        """
+        """Build from named parameters (DESIGN.md naming); copies into float32."""
+        # decode_transposed: the decoding step's layout (model.blas.transposed_decode_is_faster)
 
         def frozen(a: np.ndarray) -> np.ndarray:
             a = np.array(a, dtype=np.float32, order="C", copy=True)
