@@ -45,6 +45,7 @@ from bench.common import (
     start,
     verdict,
 )
+from model.blas import transposed_decode_is_faster
 from model.checkpoint import import_book
 from model.corpus import load_split
 from model.inference import CHUNK_ROWS, InferenceModel, corpus_logprobs, score
@@ -173,7 +174,7 @@ def points_for(
     stream: np.ndarray, eos: int, smoke: bool, reps: int | None,
 ) -> tuple[list[Point], InferenceModel]:
     """The three operating points of one model, with the equality check done."""
-    im = InferenceModel.from_params(cfg, params)
+    im = InferenceModel.from_params(cfg, params, decode_transposed=transposed_decode_is_faster())
     tm = build_torch_lm(cfg, params).eval()
     n_batch = 8 if smoke else 64
     windows = 1 if smoke else 4
