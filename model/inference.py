@@ -66,7 +66,8 @@ class InferenceModel:
     b: tuple[np.ndarray, ...]  # per layer (4H,), gates [f, i, o, g]
     out_WT: np.ndarray  # (V, H): ``embed`` itself when tied
     out_b: np.ndarray  # (V,)
-    decode_transposed: bool = True  # a decoding step computes W.T @ x.T (else x @ W)
+    # A decoding step, and the output projection of a sentence, compute W.T @ x.T (else x @ W)
+    decode_transposed: bool = True
 
     @classmethod
     def from_params(
