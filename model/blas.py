@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ _PRE_AVX512 = {"haswell", "zen", "sandybridge", "nehalem", "core2", "prescott", 
                "barcelona", "bulldozer", "piledriver", "steamroller", "excavator"}
 
 
+@functools.cache
 def _openblas_lib() -> ctypes.CDLL | None:
     """numpy's bundled scipy-openblas library, when it is the one in use."""
     libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"

@@ -158,6 +158,17 @@ def _matmul(a: np.ndarray, W: np.ndarray, out: np.ndarray | None = None) -> np.n
 TRANSPOSED_PROJECTION_ROWS = 48
 
 
+def _logits(model: InferenceModel, h: np.ndarray, transposed: bool) -> np.ndarray:
+    """(m, V) output logits of top-layer outputs h (m, H), as embed @ h.T or as h @ embed.T."""
+    if transposed:
+        logits_T = model.out_WT @ h.T  # (V, m)
+        logits_T += model.out_b[:, None]
+        return np.ascontiguousarray(logits_T.T)  # (m, V)
+    logits = _matmul(h, model.out_W)  # (m, V)
+    logits += model.out_b
+    return logits
+
+
 def _pad(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad id sequences with 0 -> ids (N, T) and lengths (N,)."""
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
@@ -255,11 +266,8 @@ def _project_logprobs(model: InferenceModel, h: np.ndarray, targets: np.ndarray)
     out = np.empty(len(targets), dtype=np.float32)
     for s in range(0, len(targets), CHUNK_ROWS):
         hs = h[s : s + CHUNK_ROWS]
-        if model.decode_transposed and ROWWISE_MAX < len(hs) <= TRANSPOSED_PROJECTION_ROWS:
-            logits = np.ascontiguousarray((model.out_WT @ hs.T).T)  # (m, V), from (V, m)
-        else:
-            logits = _matmul(hs, model.out_W)  # (m, V)
-        logits += model.out_b
+        small = ROWWISE_MAX < len(hs) <= TRANSPOSED_PROJECTION_ROWS
+        logits = _logits(model, hs, model.decode_transposed and small)  # (m, V)
         t = targets[s : s + CHUNK_ROWS]
         # log-sum-exp in place on the chunk we own: no temporaries of (m, V)
         m = logits.max(axis=1)
@@ -308,7 +316,7 @@ def next_logprobs(
     ids, lengths = _pad(contexts)
     _, new_state, _ = _run_packed(model, ids, lengths, state)
     h_last = new_state.h[-1]  # (N, H): the top layer's h after each row's last token
-    logits = _matmul(h_last, model.out_W) + model.out_b  # (N, V)
+    logits = _logits(model, h_last, False)  # (N, V)
     return logits - logsumexp(logits, axis=1), new_state
 
 
@@ -331,13 +339,7 @@ def step(model: InferenceModel, ids: np.ndarray, state: LSTMState) -> tuple[np.n
         a += model.b[k]
         _cell_fiog(a, state.c[k], c_new[k], tc, h_new[k], gi)
         x = h_new[k]
-    if not model.decode_transposed:
-        logits = x @ model.out_W  # (N, V)
-        logits += model.out_b
-        return logits, LSTMState(h_new, c_new)
-    logits_T = model.out_WT @ x.T  # (V, N)
-    logits_T += model.out_b[:, None]
-    return np.ascontiguousarray(logits_T.T), LSTMState(h_new, c_new)  # (N, V)
+    return _logits(model, x, model.decode_transposed), LSTMState(h_new, c_new)  # (N, V)
 
 
 @dataclass(frozen=True)

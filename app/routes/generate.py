@@ -338,27 +338,26 @@ async def generate_once(
             f"generation took longer than request_timeout_s ({settings.request_timeout_s} s)",
         ) from e
     metrics.tokens_generated.inc(len(steps))
+    if not plan.details:  # the text alone: no Token objects to build
+        for s in steps:
+            renderer.add(s.id)
+        return GenerateResponse(generated_text=renderer.generated_text(plan.prefix), details=None)
     top_tokens: list[list[Token]] = []
     tokens: list[Token] = []
     for s in steps:
-        if not plan.details:  # the text alone: no Token objects to build
-            renderer.add(s.id)
-            continue
         if plan.top_n:  # each step's alternatives are rendered as if they came in its place
             top_tokens.append(renderer.top(s.top_tokens))
         tokens.append(renderer.token(s.id, s.logprob))
-    details = None
-    if plan.details:
-        details = GenerateDetails(
-            finish_reason=steps[-1].finish_reason,  # type: ignore[arg-type]
-            generated_tokens=len(steps),
-            seed=plan.seed,
-            input_length=len(plan.prompt_ids),
-            oov=plan.oov,
-            prefill=_prefill(engine.vocab, plan, steps[0]),
-            tokens=tokens,
-            top_tokens=top_tokens if plan.top_n else None,
-        )
+    details = GenerateDetails(
+        finish_reason=steps[-1].finish_reason,  # type: ignore[arg-type]
+        generated_tokens=len(steps),
+        seed=plan.seed,
+        input_length=len(plan.prompt_ids),
+        oov=plan.oov,
+        prefill=_prefill(engine.vocab, plan, steps[0]),
+        tokens=tokens,
+        top_tokens=top_tokens if plan.top_n else None,
+    )
     return GenerateResponse(generated_text=renderer.generated_text(plan.prefix), details=details)
 
 
