@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio.to_thread
-from fastapi import Request
+from fastapi import Depends, Request
 
 from app.config import Settings
 from app.engine import Engine
@@ -60,6 +60,13 @@ async def get_engine(request: Request) -> Engine:
     if engine is None:
         raise ApiError(503, "unavailable", "the model is still loading; retry shortly")
     return engine
+
+
+# The route parameters' types: FastAPI's Annotated dependencies, as its full-stack template.
+StateDep = Annotated[ServiceState, Depends(get_state)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 def check_chars(text: str, param: str, settings: Settings) -> None:

@@ -33,7 +33,7 @@ from app.metrics import Metrics, MetricsMiddleware
 from app.routes import generate, health, score
 from app.routes.health import service_version
 from model.blas import warn_if_slow_kernel
-from model.checkpoint import LoadedWeights, WeightsError, load_weights
+from model.weights import LoadedWeights, WeightsError, load_weights
 
 logger = logging.getLogger("app")
 

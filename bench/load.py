@@ -51,14 +51,14 @@ import httpx
 import numpy as np
 
 from app.config import DEFAULT_WEIGHTS
-from app.engine import Engine
+from app.engine import Engine, GenerationRequest
 from model.blas import set_num_threads, transposed_decode_is_faster
-from model.checkpoint import LoadedWeights, load_weights, save_weights
 from model.corpus import DATA_DIR_ENV, PTB_FILES, build_vocab
 from model.functions import log_softmax
 from model.inference import InferenceModel, SamplingParams, score, step
 from model.rnnlm import ModelConfig
 from model.vocab import Vocab
+from model.weights import LoadedWeights, load_weights, save_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_PTB = REPO_ROOT.parent / "shared" / "data" / "ptb"
@@ -430,7 +430,8 @@ def engine_ratio(loaded: LoadedWeights, texts: list[str], streams: int = 32, per
             while issued < total:
                 prompt = prompts[issued % len(prompts)]
                 issued += 1
-                steps = await engine.generate_all(prompt, max_new, greedy, None, False)
+                req = GenerationRequest.of(prompt, max_new, greedy, None, False)
+                steps = await engine.generate_all(req)
                 tokens += len(steps)  # not `tokens += len(await ...)`: that reads tokens first
 
         start = time.perf_counter()

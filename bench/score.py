@@ -46,7 +46,7 @@ from bench.common import (
     verdict,
 )
 from model.blas import transposed_decode_is_faster
-from model.checkpoint import import_book
+from model.book import import_book
 from model.corpus import load_split
 from model.inference import CHUNK_ROWS, InferenceModel, corpus_logprobs, score
 from model.rnnlm import ModelConfig

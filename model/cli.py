@@ -1,4 +1,5 @@
-"""The ``rnnlm`` command: train, evaluate, generate, import-book, download-ptb, plot.
+"""The ``rnnlm`` command, the one place that parses arguments: train, evaluate, generate,
+import-book, download-ptb, plot.
 
 With ``--json`` a command prints one JSON object as the last line of stdout; logs and
 progress bars go to stderr.
@@ -9,16 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import signal
 import sys
-import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("rnnlm")
+logger = logging.getLogger(__name__)
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
@@ -30,84 +30,15 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
     sys.stdout.flush()
 
 
-def _score_split(
-    model: Any, ids: np.ndarray, split: str, book_batching: bool, progress: bool
-) -> dict[str, Any]:
-    """Perplexity of an InferenceModel on one split's ids (DESIGN.md scoring conventions)."""
-    from tqdm import tqdm
-
-    from model.inference import corpus_logprobs
-
-    L = len(ids)
-    total = ((L - 1) // 350) * 350 if book_batching else L - 1
-    t0 = time.perf_counter()
-    bar: Any
-    with tqdm(total=total, desc=f"{split}", unit="tok", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
-        lp = corpus_logprobs(model, ids, book_batching=book_batching, on_progress=bar.update)
-    seconds = time.perf_counter() - t0
-    log_prob = float(lp.astype(np.float64).sum())
-    n = int(lp.size)
-    return {
-        "split": split,
-        "book_batching": book_batching,
-        "perplexity": math.exp(-log_prob / n),
-        "log_prob": log_prob,
-        "tokens": n,
-        "seconds": seconds,
-        "tokens_per_second": n / seconds if seconds > 0 else None,
-    }
-
-
-def _load_for_eval(weights_dir: str | Path, data_dir: str | Path | None) -> tuple[Any, Any, Path]:
-    """The weights (checked once), the model built from them and the data folder."""
-    from model.checkpoint import load_weights
-    from model.corpus import resolve_data_dir
-    from model.inference import InferenceModel
-
-    w = load_weights(weights_dir)
-    return w, InferenceModel.from_params(w.config, w.params), resolve_data_dir(data_dir)
-
-
-def evaluate_split(
-    weights_dir: str | Path,
-    data_dir: str | Path | None,
-    split: str = "test",
-    book_batching: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Perplexity of a weights directory on a PTB split (DESIGN.md scoring conventions)."""
-    from model.corpus import load_split
-
-    w, model, data = _load_for_eval(weights_dir, data_dir)
-    ids = load_split(data, split, w.vocab)
-    return {"weights": str(weights_dir), **_score_split(model, ids, split, book_batching,
-                                                        progress)}
-
-
-def all_metrics(
-    weights_dir: str | Path, data_dir: str | Path | None, progress: bool = True
-) -> dict[str, float]:
-    """The four metrics of DESIGN.md's config.json (weights and each split read once)."""
-    from model.corpus import load_split
-
-    w, model, data = _load_for_eval(weights_dir, data_dir)
-    out: dict[str, float] = {}
-    for split in ("valid", "test"):
-        ids = load_split(data, split, w.vocab)
-        for book, suffix in ((False, ""), (True, "_book")):
-            r = _score_split(model, ids, split, book, progress)
-            out[f"{split}_perplexity{suffix}"] = round(r["perplexity"], 4)
-    return out
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """rnnlm evaluate."""
-    if args.all:
-        from model.checkpoint import update_metrics
+    from model.evaluate import all_metrics, evaluate_split
 
+    if args.all:
         metrics = all_metrics(args.weights, args.data_dir, progress=not args.quiet)
         if args.write_metrics:
+            from model.weights import update_metrics
+
             update_metrics(args.weights, metrics)
         _emit(args, metrics, "\n".join(f"{k}: {v:.2f}" for k, v in metrics.items()))
         return 0
@@ -120,9 +51,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """rnnlm generate."""
-    from model.checkpoint import load_weights
     from model.inference import InferenceModel, SamplingParams, generate
     from model.vocab import tokenize
+    from model.weights import load_weights
 
     w = load_weights(args.weights)
     model = InferenceModel.from_params(w.config, w.params)
@@ -150,8 +81,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_import_book(args: argparse.Namespace) -> int:
     """rnnlm import-book."""
-    from model.checkpoint import import_book, save_weights
+    from model.book import import_book
     from model.corpus import build_vocab, resolve_data_dir
+    from model.evaluate import all_metrics
+    from model.weights import save_weights, update_metrics
 
     vocab = build_vocab(resolve_data_dir(args.data_dir))
     config, params = import_book(args.kind, args.file, vocab)
@@ -161,8 +94,6 @@ def cmd_import_book(args: argparse.Namespace) -> int:
     )
     metrics: dict[str, float] = {}
     if not args.no_evaluate:
-        from model.checkpoint import update_metrics
-
         metrics = all_metrics(out, args.data_dir, progress=not args.quiet)
         update_metrics(out, metrics)
     _emit(args, {"out": str(out), "model": config.to_dict(), "metrics": metrics},
@@ -181,46 +112,73 @@ def cmd_download_ptb(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """rnnlm plot: training and validation perplexity against epochs."""
-    try:
-        import matplotlib
+    from model.plot import plot_curve
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        epochs = plot_curve(Path(args.log), Path(args.out), args.title)
     except ImportError:
-        log.error("rnnlm plot needs matplotlib: pip install 'rnnlm-service[plot]'")
+        logger.error("rnnlm plot needs matplotlib: pip install 'rnnlm-service[plot]'")
         return 2
-    records = [json.loads(line) for line in Path(args.log).read_text().splitlines() if line]
-    train = [r for r in records if r.get("type") == "train"]
-    valid = [r for r in records if r.get("type") == "valid"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot([r["epoch"] for r in train], [r["ppl"] for r in train], lw=0.8,
-            label="training (dropout on)")
-    ax.plot([r["epoch"] for r in valid], [r["valid_ppl"] for r in valid], "o-",
-            label="validation")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
-    ax.set_title(args.title or Path(args.log).parent.name)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    _emit(args, {"out": args.out, "epochs": len(valid)}, f"wrote {args.out}")
+    _emit(args, {"out": args.out, "epochs": epochs}, f"wrote {args.out}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """rnnlm train (see model.train)."""
-    from model.train import run_training
+    """rnnlm train (see model.run)."""
+    from model.run import RunOptions, run_training
+    from model.train import TrainConfig
 
-    result = run_training(args)
+    opts = RunOptions(
+        out=Path(args.out), data_dir=args.data_dir,
+        run_dir=Path(args.run_dir) if args.run_dir else None, resume=args.resume,
+        init_from=args.init_from, max_minutes=args.max_minutes, dtype=args.dtype,
+        final_eval=not args.no_final_eval, progress=not args.quiet,
+    )
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    result = run_training(opts, given)
     _emit(args, result, json.dumps(result, indent=1))
     return 0 if result.get("status") in ("finished", "stopped") else 1
 
 
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes"):
+        return True
+    if s.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def add_train_arguments(p: argparse.ArgumentParser, defaults: Any) -> None:
+    """Every TrainConfig field as a flag (None = the default, or the run state's value)."""
+    p.add_argument("--out", required=True, help="weights directory to write (best validation)")
+    p.add_argument("--run-dir", default=None,
+                   help="run state and log folder (default ~/.cache/rnnlm/runs/<out name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run state in --run-dir (or --init-from)")
+    p.add_argument("--init-from", default=None,
+                   help="with --resume and no run state: start from a weights directory")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop cleanly, saving the run state, after this many minutes")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float32",
+                   help="dtype of the written weights")
+    p.add_argument("--no-final-eval", action="store_true",
+                   help="skip measuring the four metrics when the run finishes")
+    for f in fields(defaults):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if f.type in ("bool", bool):
+            p.add_argument(flag, type=_parse_bool, default=None, metavar="{true,false}",
+                           help=f"(default {default})")
+        else:
+            # f.type is a string here (postponed annotations): "int", "float | None", ...
+            kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
+            p.add_argument(flag, type=kind, default=None, help=f"(default {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
-    from model.train import TrainConfig, add_train_arguments
+    from model.train import TrainConfig
 
     p = argparse.ArgumentParser(prog="rnnlm", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -302,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         from model.blas import warn_if_slow_kernel
 
         warn_if_slow_kernel()
-    from model.checkpoint import WeightsError
     from model.corpus import CorpusError
+    from model.weights import WeightsError
 
     try:
         return int(args.func(args))
@@ -311,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (WeightsError, CorpusError, OSError, ValueError) as e:
         # Expected failures (missing files, bad weights, bad flags) get one clear line.
-        log.error("%s", e)
+        logger.error("%s", e)
         return 1
 
 

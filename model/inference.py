@@ -1,4 +1,4 @@
-"""Pure, batched inference: scoring, next-word distributions, sampling and generation.
+"""Pure, batched inference: scoring, next-word distributions, decoding steps and generation.
 
 Nothing here keeps state between calls: an ``InferenceModel`` is read-only and may be
 shared by threads; the recurrent state is an ``LSTMState`` passed in and returned;
@@ -8,12 +8,13 @@ randomness comes in as a ``np.random.Generator``. Dropout is off (the identity).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from model.functions import logsumexp, sigmoid
 from model.rnnlm import LSTMState, ModelConfig
+from model.sampling import GenerationStep, SamplingParams, choose_next, stop_reason
 
 __all__ = [
     "GenerationStep",
@@ -342,124 +343,6 @@ def step(model: InferenceModel, ids: np.ndarray, state: LSTMState) -> tuple[np.n
     return _logits(model, x, model.decode_transposed), LSTMState(h_new, c_new)  # (N, V)
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How the next token is chosen; sampling only when ``do_sample``, else greedy."""
-
-    do_sample: bool = True
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    typical_p: float | None = None
-    repetition_penalty: float | None = None
-    ban_unk: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError("temperature must be > 0")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError("top_k must be >= 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.typical_p is not None and not 0 < self.typical_p <= 1:
-            raise ValueError("typical_p must be in (0, 1]")
-        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
-            raise ValueError("repetition_penalty must be > 0")
-
-
-_MAX = float(np.finfo(np.float64).max)
-
-
-def _nucleus(probs: np.ndarray, order: np.ndarray, p: float) -> np.ndarray:
-    """The smallest prefix of ``order`` (descending probability) whose mass reaches p."""
-    cum = np.cumsum(probs[order])
-    n = int(np.searchsorted(cum, p * cum[-1], side="left")) + 1
-    return order[: min(n, len(order))]
-
-
-def choose_next(
-    logits: np.ndarray,
-    params: SamplingParams,
-    rng: np.random.Generator | None,
-    history: Sequence[int] = (),
-    unk_id: int | None = None,
-) -> int:
-    """Pick the next token id from one row of logits (V,).
-
-    Order: ban <unk>, repetition penalty (CTRL, Keskar et al. 2019: a seen token's logit
-    is divided by the penalty when positive, multiplied when negative), then when
-    sampling: temperature, top-k, top-p (Holtzman et al. 2020), typical-p (Meister et
-    al. 2022), and a draw from ``rng``. Greedy takes the argmax after the ban and penalty.
-    """
-    x = logits.astype(np.float64)  # a private copy; 10k doubles is cheap
-    if params.ban_unk and unk_id is not None:
-        x[unk_id] = -np.inf
-    rp = params.repetition_penalty
-    if rp is not None and rp != 1.0 and len(history):
-        seen = np.unique(np.asarray(history, dtype=np.int64))
-        v = x[seen]
-        with np.errstate(over="ignore"):  # an extreme penalty saturates, never reaches inf
-            x[seen] = np.clip(np.where(v > 0, v / rp, v * rp), -_MAX, _MAX)
-    if not params.do_sample:
-        return int(np.argmax(x))
-    if rng is None:
-        raise ValueError("sampling needs a np.random.Generator")
-    # Shift first: the best token stays at 0 whatever the temperature, so a tiny one sends
-    # the others to -inf instead of sending every finite logit to +-inf.
-    with np.errstate(over="ignore"):
-        x = (x - x.max()) / params.temperature
-    if params.top_k is not None and params.top_k < len(x):
-        cand = np.argpartition(-x, params.top_k - 1)[: params.top_k]
-    else:
-        cand = np.arange(len(x))
-    cand = cand[np.isfinite(x[cand])]
-    z = x[cand]
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
-    if (params.top_p is not None and params.top_p < 1.0) or (
-        params.typical_p is not None and params.typical_p < 1.0
-    ):
-        order = np.argsort(-probs, kind="stable")
-        if params.top_p is not None and params.top_p < 1.0:
-            order = _nucleus(probs, order, params.top_p)
-        if params.typical_p is not None and params.typical_p < 1.0:
-            # Typical sampling: keep the tokens whose surprisal is closest to the entropy.
-            q = probs[order] / probs[order].sum()
-            with np.errstate(divide="ignore"):
-                logq = np.log(q)
-            entropy = -np.sum(q * np.where(q > 0, logq, 0.0))
-            by_typ = order[np.argsort(np.abs(-logq - entropy), kind="stable")]
-            order = _nucleus(probs, by_typ, params.typical_p)
-        cand, probs = cand[order], probs[order]
-        probs = probs / probs.sum()
-    cum = np.cumsum(probs)
-    u = rng.random() * cum[-1]
-    return int(cand[min(int(np.searchsorted(cum, u, side="right")), len(cand) - 1)])
-
-
-@dataclass(frozen=True)
-class GenerationStep:
-    """One generated token: its id and natural-log probability under the model."""
-
-    id: int
-    logprob: float
-    # Set on the last token: "eos_token", "stop_sequence" or "length".
-    finish_reason: str | None = None
-
-
-@dataclass
-class _StopMatcher:
-    """Finds whether the generated ids end with one of the stop sequences."""
-
-    stops: Sequence[Sequence[int]]
-    generated: list[int] = field(default_factory=list)
-
-    def push(self, token: int) -> bool:
-        self.generated.append(token)
-        g = self.generated
-        return any(len(s) and g[-len(s) :] == list(s) for s in self.stops)
-
-
 def generate(
     model: InferenceModel,
     prompt: Sequence[int],
@@ -482,18 +365,14 @@ def generate(
     logp, st = next_logprobs(model, [prompt], state)
     logp_row = logp[0]
     history = list(prompt)
-    matcher = _StopMatcher(stop_sequences)
-    for n in range(max_new_tokens):
+    generated: list[int] = []
+    stops = [list(x) for x in stop_sequences if len(x)]
+    for _ in range(max_new_tokens):
         token = choose_next(logp_row, params, rng, history, unk_id)
         lp = float(logp_row[token])
         history.append(token)
-        reason = None
-        if stop_at_eos and token == eos_id:
-            reason = "eos_token"
-        elif matcher.push(token):
-            reason = "stop_sequence"
-        elif n == max_new_tokens - 1:
-            reason = "length"
+        generated.append(token)
+        reason = stop_reason(generated, max_new_tokens, eos_id if stop_at_eos else None, stops)
         yield GenerationStep(token, lp, reason)
         if reason is not None:
             return

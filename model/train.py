@@ -1,36 +1,31 @@
-"""Offline training of BetterRnnlm on PTB: Trainer and TrainConfig (the book's recipe).
+"""The Trainer and its TrainConfig: SGD on a BetterRnnlm, the book's recipe by default.
 
 SGD with global gradient-norm clipping, dropout active, truncated BPTT with the state
 carried across windows within an epoch, validation with the book's batching after each
 epoch and the learning rate divided by 4 when it does not improve (Zaremba et al. 2014;
-the book's ch06/train_better_rnnlm.py). Runs are budgeted and resumable: a checkpoint
-holds everything needed to continue bit for bit.
+the book's ch06/train_better_rnnlm.py). Runs are budgeted and resumable: the run state
+holds everything needed to continue bit for bit (``model.run_state``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import shutil
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from model.inference import InferenceModel, corpus_logprobs
+from model.evaluate import book_perplexity
+from model.inference import InferenceModel
 from model.rnnlm import BetterRnnlm, LSTMState, ModelConfig
-from model.vocab import Vocab
+from model.run_state import RunState, load_run_state, save_run_state
 
-log = logging.getLogger(__name__)
-
-CHECKPOINT_VERSION = 1
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,7 +78,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """From a checkpoint's JSON, ignoring keys this version does not know."""
+        """From a run state's JSON, ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -137,33 +132,14 @@ def window_batches(
 
 
 def perplexity(model: BetterRnnlm | InferenceModel, ids: np.ndarray) -> float:
-    """Validation perplexity with the book's eval_perplexity batching (10 x 35)."""
+    """Validation perplexity with dropout off and the book's batching (10 x 35)."""
     if isinstance(model, BetterRnnlm):
         model = InferenceModel.from_params(model.config, model.params)
-    lp = corpus_logprobs(model, ids, book_batching=True)
-    return float(np.exp(-lp.astype(np.float64).mean()))
-
-
-def _atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder's files into a sibling temp folder, then swap it in."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    write(tmp)
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        target.rename(old)
-    tmp.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
+    return book_perplexity(model, ids)
 
 
 class Trainer:
-    """Runs epochs of SGD on a BetterRnnlm with checkpoints, budget and logging."""
+    """Runs epochs of SGD on a BetterRnnlm with resumable run state, budget and logging."""
 
     def __init__(
         self,
@@ -171,7 +147,7 @@ class Trainer:
         config: TrainConfig,
         train_ids: np.ndarray,
         valid_ids: np.ndarray,
-        checkpoint_dir: Path,
+        state_dir: Path,
         log_path: Path | None = None,
         state: TrainState | None = None,
         rng: np.random.Generator | None = None,
@@ -186,7 +162,7 @@ class Trainer:
             valid_ids = valid_ids[: config.max_valid_tokens]
         self.train_ids = train_ids
         self.valid_ids = valid_ids
-        self.checkpoint_dir = Path(checkpoint_dir)
+        self.state_dir = Path(state_dir)
         self.log_path = log_path
         self.state = state or TrainState(lr=config.lr)
         self.rng = rng or np.random.default_rng(config.seed)
@@ -197,69 +173,42 @@ class Trainer:
             raise ValueError("training data is shorter than one batch of windows")
 
     # ----------------------------------------------------------------- persistence
-    def save_checkpoint(self) -> None:
-        """Atomically write params, best params, LSTM state, RNG state and counters."""
-
-        def write(d: Path) -> None:
-            np.savez(d / "params.npz", **self.model.params)  # type: ignore[arg-type]
-            if self.best_params is not None:
-                np.savez(d / "best.npz", **self.best_params)  # type: ignore[arg-type]
-            if self.lstm_state is not None:
-                np.savez(d / "lstm_state.npz", h=self.lstm_state.h, c=self.lstm_state.c)
-            meta = {
-                "checkpoint_version": CHECKPOINT_VERSION,
-                "train_config": asdict(self.config),
-                "model_config": self.model.config.to_dict(),
-                "state": asdict(self.state),
-                "rng": self.rng.bit_generator.state,
-                "saved_at": time.time(),
-            }
-            (d / "trainer.json").write_text(json.dumps(meta, indent=1))
-
-        _atomic_write_dir(self.checkpoint_dir, write)
-        log.info(
-            "checkpoint: epoch %d, iteration %d -> %s",
-            self.state.epoch, self.state.iteration, self.checkpoint_dir,
+    def save_state(self) -> None:
+        """Atomically write the run state (params, best params, LSTM state, RNG, counters)."""
+        save_run_state(self.state_dir, RunState(
+            params=self.model.params,
+            best_params=self.best_params,
+            lstm_state=self.lstm_state,
+            train_config=asdict(self.config),
+            model_config=self.model.config.to_dict(),
+            counters=asdict(self.state),
+            rng=dict(self.rng.bit_generator.state),
+        ))
+        logger.info(
+            "run state: epoch %d, iteration %d -> %s",
+            self.state.epoch, self.state.iteration, self.state_dir,
         )
 
     @classmethod
     def resume(
         cls,
-        checkpoint_dir: Path,
+        state_dir: Path,
         train_ids: np.ndarray,
         valid_ids: np.ndarray,
         log_path: Path | None = None,
         overrides: dict[str, Any] | None = None,
     ) -> Trainer:
-        """Continue a run from its checkpoint folder exactly where it stopped."""
-        checkpoint_dir = Path(checkpoint_dir)
-        meta_path = checkpoint_dir / "trainer.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: no checkpoint to resume from")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("checkpoint_version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{meta_path}: unknown checkpoint_version")
-        tc = dict(meta["train_config"])
+        """Continue a run from its run-state folder exactly where it stopped."""
+        rs = load_run_state(Path(state_dir))
+        tc = dict(rs.train_config)
         tc.update(overrides or {})
-        config = TrainConfig.from_dict(tc)
-        mcfg = ModelConfig.from_dict(meta["model_config"])
-
-        def load(name: str) -> dict[str, np.ndarray]:
-            with np.load(checkpoint_dir / name, allow_pickle=False) as z:
-                return {k: z[k].copy() for k in z.files}
-
-        model = BetterRnnlm(mcfg, load("params.npz"))
-        best = load("best.npz") if (checkpoint_dir / "best.npz").exists() else None
-        lstm_state = None
-        if (checkpoint_dir / "lstm_state.npz").exists():
-            z = load("lstm_state.npz")
-            lstm_state = LSTMState(z["h"], z["c"])
         rng = np.random.default_rng()
-        rng.bit_generator.state = meta["rng"]
-        state = TrainState(**meta["state"])
+        rng.bit_generator.state = rs.rng
         return cls(
-            model, config, train_ids, valid_ids, checkpoint_dir, log_path,
-            state=state, rng=rng, lstm_state=lstm_state, best_params=best,
+            BetterRnnlm(ModelConfig.from_dict(rs.model_config), rs.params),
+            TrainConfig.from_dict(tc), train_ids, valid_ids, Path(state_dir), log_path,
+            state=TrainState(**rs.counters), rng=rng, lstm_state=rs.lstm_state,
+            best_params=rs.best_params,
         )
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -300,7 +249,7 @@ class Trainer:
         }
         st.history.append(record)
         self._log(record)
-        log.info("epoch %d: valid ppl %.2f (best %.2f), lr %g", st.epoch + 1, ppl,
+        logger.info("epoch %d: valid ppl %.2f (best %.2f), lr %g", st.epoch + 1, ppl,
                  st.best_valid_ppl, st.lr)
         st.epoch += 1
         st.iteration = 0
@@ -320,7 +269,7 @@ class Trainer:
     ) -> bool:
         """Train until the configured epochs are done, the budget runs out or should_stop.
 
-        Writes a checkpoint every ``checkpoint_minutes``, at each epoch end and when it
+        Writes the run state every ``checkpoint_minutes``, at each epoch end and when it
         stops early. Returns True when all epochs are done.
         """
         from tqdm import tqdm  # progress bars are I/O; kept out of the import path
@@ -364,191 +313,17 @@ class Trainer:
                 out_of_time = max_minutes is not None and now - start >= max_minutes * 60
                 if should_stop() or out_of_time:
                     bar.close()
-                    self.save_checkpoint()
-                    log.info("stopped at epoch %d, iteration %d (%s)", st.epoch,
+                    self.save_state()
+                    logger.info("stopped at epoch %d, iteration %d (%s)", st.epoch,
                              st.iteration, "budget" if out_of_time else "signal")
                     return False
                 if now - last_ckpt >= cfg.checkpoint_minutes * 60:
-                    self.save_checkpoint()
+                    self.save_state()
                     last_ckpt = now
             bar.close()
             self._end_epoch()
-            self.save_checkpoint()
+            self.save_state()
             if on_epoch_end is not None:
                 on_epoch_end(self)
             last_ckpt = time.monotonic()
         return True
-
-
-# --------------------------------------------------------------------- command line
-def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    """Every TrainConfig field as a flag (None = the default, or the checkpoint's value)."""
-    p.add_argument("--out", required=True, help="weights directory to write (best validation)")
-    p.add_argument("--run-dir", default=None,
-                   help="checkpoint and log folder (default ~/.cache/rnnlm/runs/<out name>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint in --run-dir (or --init-from)")
-    p.add_argument("--init-from", default=None,
-                   help="with --resume and no checkpoint: start from a weights directory")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop cleanly with a checkpoint after this many minutes")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float32",
-                   help="dtype of the written weights")
-    p.add_argument("--no-final-eval", action="store_true",
-                   help="skip measuring the four metrics when the run finishes")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if f.type in ("bool", bool):
-            p.add_argument(flag, type=_parse_bool, default=None, metavar="{true,false}",
-                           help=f"(default {default})")
-        else:
-            # f.type is a string here (postponed annotations): "int", "float | None", ...
-            kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
-            p.add_argument(flag, type=kind, default=None, help=f"(default {default})")
-
-
-def _parse_bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes"):
-        return True
-    if s.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
-def _export(
-    trainer: Trainer, out: Path, vocab: Vocab, dtype: Literal["float16", "float32"],
-    data_dir: Path, finished: bool,
-    run_dir: Path, final_eval: bool, progress: bool = True,
-) -> None:
-    """Write the best-validation parameters as a weights directory, with log and curve."""
-    from model.checkpoint import save_weights, update_metrics
-    from model.corpus import PTB_SHA256
-
-    if trainer.best_params is None:
-        return
-    st, cfg = trainer.state, trainer.config
-    training = {
-        "hyperparameters": asdict(cfg),
-        "data_sha256": {k: PTB_SHA256[k] for k in ("train", "valid")},
-        "epochs_done": st.epoch,
-        "best_epoch": st.best_epoch,
-        "best_valid_perplexity_book": st.best_valid_ppl,
-        "learning_rate": st.lr,
-        "seconds": round(st.seconds, 1),
-        "finished": finished,
-        "numpy": np.__version__,
-    }
-    save_weights(out, trainer.model.config, trainer.best_params, vocab, dtype=dtype,
-                 training=training, metrics={"valid_perplexity_book": st.best_valid_ppl})
-    log_src = run_dir / "train_log.jsonl"
-    if log_src.exists():
-        shutil.copyfile(log_src, out / "train_log.jsonl")
-        _plot(out / "train_log.jsonl", out / "curve.png")
-    if finished and final_eval:
-        from model.cli import all_metrics
-
-        update_metrics(out, all_metrics(out, data_dir, progress=progress))
-    log.info("wrote %s (%s)", out, "final" if finished else f"after epoch {st.epoch}")
-
-
-def _plot(log_file: Path, png: Path) -> None:
-    """Draw the curve when matplotlib is there; training does not need it."""
-    from model.cli import main as cli_main
-
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return
-    cli_main(["plot", str(log_file), "--out", str(png), "--quiet"])
-
-
-def run_training(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``rnnlm train`` command: start or resume a run, export the best weights."""
-    from model.checkpoint import load_weights
-    from model.corpus import build_vocab, load_split, resolve_data_dir
-
-    data_dir = resolve_data_dir(args.data_dir)
-    out = Path(args.out)
-    run_dir = Path(args.run_dir) if args.run_dir else (
-        Path.home() / ".cache" / "rnnlm" / "runs" / out.resolve().name
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt, log_path = run_dir / "checkpoint", run_dir / "train_log.jsonl"
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if getattr(args, f.name, None) is not None}
-    vocab = build_vocab(data_dir)
-    train_ids = load_split(data_dir, "train", vocab)
-    valid_ids = load_split(data_dir, "valid", vocab)
-    if args.resume and (ckpt / "trainer.json").exists():
-        trainer = Trainer.resume(ckpt, train_ids, valid_ids, log_path, overrides=given)
-        log.info("resumed %s at epoch %d, iteration %d, lr %g", ckpt,
-                 trainer.state.epoch, trainer.state.iteration, trainer.state.lr)
-    elif args.resume and args.init_from:
-        w = load_weights(args.init_from)
-        tr = w.meta.get("training", {})
-        base = dict(tr.get("hyperparameters", {}))
-        base.update(given)
-        config = TrainConfig.from_dict(base)
-        params = {k: np.array(v, dtype=np.float32) for k, v in w.params.items()}
-        state = TrainState(
-            epoch=int(tr.get("epochs_done", 0)), lr=float(tr.get("learning_rate", config.lr)),
-            best_valid_ppl=float(tr.get("best_valid_perplexity_book", math.inf)),
-            best_epoch=int(tr.get("best_epoch", 0)), seconds=float(tr.get("seconds", 0.0)),
-        )
-        trainer = Trainer(BetterRnnlm(w.config, params), config, train_ids, valid_ids, ckpt,
-                          log_path, state=state, best_params={k: v.copy() for k, v in
-                                                              params.items()},
-                          rng=np.random.default_rng([config.seed, state.epoch]))
-        log.info("no checkpoint in %s: starting from weights %s at epoch %d, lr %g",
-                 ckpt, args.init_from, state.epoch, state.lr)
-    else:
-        if args.resume:
-            log.warning("no checkpoint in %s: starting a new run", ckpt)
-        elif (ckpt / "trainer.json").exists():
-            raise ValueError(f"{ckpt} holds a checkpoint: pass --resume, or another --run-dir")
-        config = TrainConfig.from_dict(given)
-        rng = np.random.default_rng(config.seed)
-        model = BetterRnnlm(config.model_config(len(vocab)), rng=rng)
-        trainer = Trainer(model, config, train_ids, valid_ids, ckpt, log_path, rng=rng)
-        log_path.unlink(missing_ok=True)
-    log.info("run dir %s; config %s", run_dir, asdict(trainer.config))
-
-    stop = {"flag": False}
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.warning("signal %d: stopping after this step with a checkpoint", signum)
-        stop["flag"] = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        finished = trainer.fit(
-            max_minutes=args.max_minutes, should_stop=lambda: stop["flag"],
-            progress=not args.quiet,
-            on_epoch_end=lambda t: _export(t, out, vocab, args.dtype, data_dir, False,
-                                           run_dir, False),
-        )
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    if finished:
-        _export(trainer, out, vocab, args.dtype, data_dir, True, run_dir,
-                not args.no_final_eval, progress=not args.quiet)
-    st = trainer.state
-    return {
-        "status": "finished" if finished else "stopped",
-        "epochs_done": st.epoch, "iteration": st.iteration, "lr": st.lr,
-        "best_valid_perplexity_book": st.best_valid_ppl, "seconds": st.seconds,
-        "checkpoint": str(ckpt), "out": str(out),
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m model.train: the same as ``rnnlm train``."""
-    from model.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

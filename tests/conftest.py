@@ -52,7 +52,8 @@ def book_weights(
     book_pkl: Path, ptb_vocab: Vocab, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """The book's Rnnlm imported into a weights directory (float16 on disk, as shipped)."""
-    from model.checkpoint import import_book, save_weights
+    from model.book import import_book
+    from model.weights import save_weights
 
     config, params = import_book("rnnlm", book_pkl, ptb_vocab)
     out = tmp_path_factory.mktemp("book") / "book-rnnlm"

@@ -378,9 +378,9 @@ def _tiny_weights(out: Path) -> None:
     """A small random model at out, standing in for the shipped one until it is trained."""
     import numpy as np
 
-    from model.checkpoint import save_weights
     from model.rnnlm import ModelConfig, init_params
     from model.vocab import Vocab
+    from model.weights import save_weights
 
     words = ["<eos>", "<unk>", "N", "the", "a", "of", "stock", "market", "fell", "rose"]
     words += ["company", "said", "it", "will", "$", "million", "shares", "in", "to", "and"]
@@ -897,7 +897,7 @@ def test_staged_image_installs_every_package(tmp_path: Path) -> None:
         "[tool.setuptools] packages must list them (or use packages.find)"
     )
     probe = (
-        "import app, model, model.checkpoint, model.inference; print(app.__file__, model.__file__)"
+        "import app, model, model.weights, model.inference; print(app.__file__, model.__file__)"
     )
     where = subprocess.run(
         [sys.executable, "-S", "-c", probe],
@@ -958,7 +958,7 @@ def test_staged_image_serves(
     staged_server: tuple[Staged, str, subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     """Generate and score through the image's CMD; its healthchecks pass, then fail on stop."""
-    from model.checkpoint import load_weights
+    from model.weights import load_weights
 
     staged, base, proc = staged_server
     image = staged.image

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
 from app.config import Settings
-from app.deps import check_chars, get_engine, get_metrics, get_settings, tokenize_all
-from app.engine import Engine, EngineStep
+from app.deps import EngineDep, MetricsDep, SettingsDep, check_chars, tokenize_all
+from app.engine import Engine, EngineStep, GenerationRequest
 from app.errors import ERROR_RESPONSES, ApiError, envelope, validation_error
 from app.metrics import Metrics
 from app.schemas import (
@@ -33,7 +33,6 @@ from model.inference import SamplingParams
 from model.vocab import Vocab
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 router = APIRouter(tags=["generation"])
 
@@ -101,19 +100,17 @@ GENERATE_DOC: dict[int | str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated generation request, in the engine's terms."""
+    """A validated generation: the engine's request, and what the answer needs besides."""
 
-    prompt_ids: list[int]
+    request: GenerationRequest
     oov: list[str]
-    max_new_tokens: int
-    sampling: SamplingParams
-    seed: int | None
-    stop_at_eos: bool
-    stops: list[list[int]]
-    top_n: int
-    prefill_logprobs: bool
     details: bool
     prefix: str
+
+    @property
+    def prompt_ids(self) -> tuple[int, ...]:
+        """The prompt as the engine reads it ([eos, tokens...])."""
+        return self.request.prompt_ids
 
 
 def _unsupported(name: str, what: str) -> ApiError:
@@ -235,19 +232,17 @@ async def make_plan(
         prefix = req.inputs
         if prefix and not prefix[-1].isspace():
             prefix += " "
-    return Plan(
-        prompt_ids=prompt_ids,
-        oov=prompt.oov_words,
+    request = GenerationRequest(
+        prompt_ids=tuple(prompt_ids),
         max_new_tokens=max_new,
         sampling=sampling,
         seed=seed,
         stop_at_eos=p.stop_at_eos,
-        stops=stops,
-        top_n=top_n,
+        stop_sequences=tuple(tuple(x) for x in stops),
+        top_n_tokens=top_n,
         prefill_logprobs=p.decoder_input_details,
-        details=p.details,
-        prefix=prefix,
     )
+    return Plan(request=request, oov=prompt.oov_words, details=p.details, prefix=prefix)
 
 
 class Renderer:
@@ -307,20 +302,6 @@ def _prefill(vocab: Vocab, plan: Plan, first: EngineStep | None) -> list[Prefill
     ]
 
 
-def _with_plan(call: Callable[..., T], plan: Plan) -> T:
-    """Engine.generate or Engine.generate_all called with a plan's arguments."""
-    return call(
-        plan.prompt_ids,
-        plan.max_new_tokens,
-        plan.sampling,
-        plan.seed,
-        plan.stop_at_eos,
-        plan.stops,
-        top_n_tokens=plan.top_n,
-        prefill_logprobs=plan.prefill_logprobs,
-    )
-
-
 async def generate_once(
     engine: Engine, plan: Plan, settings: Settings, metrics: Metrics
 ) -> GenerateResponse:
@@ -330,7 +311,7 @@ async def generate_once(
     metrics.oov_tokens.labels("/generate").inc(len(plan.oov))
     try:
         with anyio.fail_after(settings.request_timeout_s):
-            steps: list[EngineStep] = await _with_plan(engine.generate_all, plan)
+            steps: list[EngineStep] = await engine.generate_all(plan.request)
     except TimeoutError as e:
         raise ApiError(
             504,
@@ -345,18 +326,19 @@ async def generate_once(
     top_tokens: list[list[Token]] = []
     tokens: list[Token] = []
     for s in steps:
-        if plan.top_n:  # each step's alternatives are rendered as if they came in its place
+        # each step's alternatives are rendered as if they came in its place
+        if plan.request.top_n_tokens:
             top_tokens.append(renderer.top(s.top_tokens))
         tokens.append(renderer.token(s.id, s.logprob))
     details = GenerateDetails(
         finish_reason=steps[-1].finish_reason,  # type: ignore[arg-type]
         generated_tokens=len(steps),
-        seed=plan.seed,
+        seed=plan.request.seed,
         input_length=len(plan.prompt_ids),
         oov=plan.oov,
         prefill=_prefill(engine.vocab, plan, steps[0]),
         tokens=tokens,
-        top_tokens=top_tokens if plan.top_n else None,
+        top_tokens=top_tokens if plan.request.top_n_tokens else None,
     )
     return GenerateResponse(generated_text=renderer.generated_text(plan.prefix), details=details)
 
@@ -366,7 +348,7 @@ async def generate_stream_response(
 ) -> EventSourceResponse:
     """Server-sent events, one per token; the engine's first step is awaited before answering,
     so a refusal (overload) is still an HTTP error, and a disconnect stops the generation."""
-    gen: AsyncGenerator[EngineStep, None] = _with_plan(engine.generate, plan)
+    gen: AsyncGenerator[EngineStep, None] = engine.generate(plan.request)
     try:
         first = await anext(gen)
     except BaseException:
@@ -384,7 +366,7 @@ async def generate_stream_response(
                 while s is not None:
                     index += 1
                     metrics.tokens_generated.inc()
-                    top = renderer.top(s.top_tokens) if plan.top_n else None
+                    top = renderer.top(s.top_tokens) if plan.request.top_n_tokens else None
                     token = renderer.token(s.id, s.logprob)
                     last = s.finish_reason is not None
                     event = StreamResponse(
@@ -395,7 +377,7 @@ async def generate_stream_response(
                         details=StreamDetails(
                             finish_reason=s.finish_reason,  # type: ignore[arg-type]
                             generated_tokens=index,
-                            seed=plan.seed,
+                            seed=plan.request.seed,
                             input_length=len(plan.prompt_ids),
                             oov=plan.oov,
                         )
@@ -438,9 +420,9 @@ async def _answer(
 )
 async def generate(
     req: GenerateRequest,
-    engine: Engine = Depends(get_engine),
-    settings: Settings = Depends(get_settings),
-    metrics: Metrics = Depends(get_metrics),
+    engine: EngineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> Any:
     """Generate; with "stream": true the answer is /generate_stream's event stream."""
     return await _answer(req, req.stream, engine, settings, metrics)
@@ -455,9 +437,9 @@ async def generate(
 )
 async def generate_stream(
     req: GenerateRequest,
-    engine: Engine = Depends(get_engine),
-    settings: Settings = Depends(get_settings),
-    metrics: Metrics = Depends(get_metrics),
+    engine: EngineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> Any:
     """Stream the generation; the last event carries generated_text and details."""
     return await _answer(req, True, engine, settings, metrics)
@@ -471,9 +453,9 @@ async def generate_stream(
 )
 async def compat_generate(
     req: GenerateRequest,
-    engine: Engine = Depends(get_engine),
-    settings: Settings = Depends(get_settings),
-    metrics: Metrics = Depends(get_metrics),
+    engine: EngineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> Any:
     """As /generate, but the answer is a list of one (or events with "stream": true)."""
     result = await _answer(req, req.stream, engine, settings, metrics)

@@ -6,11 +6,10 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.deps import ServiceState, get_engine, get_state
-from app.engine import Engine
+from app.deps import EngineDep, ServiceState, StateDep
 from app.errors import ApiError
 from app.schemas import ErrorResponse, HealthResponse, InfoResponse
 from model.blas import blas_info
@@ -58,7 +57,7 @@ def _ready(state: ServiceState) -> HealthResponse:
     responses=NOT_READY,
     summary="Readiness: model loaded and warmed up, not draining",
 )
-async def ready(state: ServiceState = Depends(get_state)) -> HealthResponse:
+async def ready(state: StateDep) -> HealthResponse:
     """200 when requests can be served; 503 with the reason otherwise."""
     return _ready(state)
 
@@ -66,14 +65,14 @@ async def ready(state: ServiceState = Depends(get_state)) -> HealthResponse:
 @router.get(
     "/health", response_model=HealthResponse, responses=NOT_READY, summary="Same as /health/ready"
 )
-async def health(state: ServiceState = Depends(get_state)) -> HealthResponse:
+async def health(state: StateDep) -> HealthResponse:
     """Same as /health/ready."""
     return _ready(state)
 
 
 @router.get("/info", response_model=InfoResponse, responses=NOT_READY, summary="Model and limits")
 async def info(
-    state: ServiceState = Depends(get_state), engine: Engine = Depends(get_engine)
+    state: StateDep, engine: EngineDep
 ) -> InfoResponse:
     """Architecture, vocabulary size, weights checksum, training metrics, limits, version."""
     w = engine.weights
@@ -120,6 +119,6 @@ async def info(
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
     summary="Prometheus metrics",
 )
-async def metrics(state: ServiceState = Depends(get_state)) -> Response:
+async def metrics(state: StateDep) -> Response:
     """Requests and latency by route and status; tokens; the engine's queue, batches, cache."""
     return Response(content=state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

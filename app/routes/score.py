@@ -5,13 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.config import Settings
-from app.deps import check_chars, get_engine, get_metrics, get_settings, tokenize_all
-from app.engine import Engine
+from app.deps import EngineDep, MetricsDep, SettingsDep, check_chars, tokenize_all
 from app.errors import ERROR_RESPONSES, validation_error
-from app.metrics import Metrics
 from app.schemas import (
     Aggregate,
     NextWordRequest,
@@ -45,9 +42,9 @@ def _shorten(word: str, n: int = 40) -> str:
 )
 async def perplexity(
     req: PerplexityRequest,
-    engine: Engine = Depends(get_engine),
-    settings: Settings = Depends(get_settings),
-    metrics: Metrics = Depends(get_metrics),
+    engine: EngineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> PerplexityResponse:
     """Score each text from a zero state fed <eos> (DESIGN.md scoring conventions)."""
     if req.texts is not None and req.text is not None:
@@ -147,9 +144,9 @@ async def perplexity(
 )
 async def next_word(
     req: NextWordRequest,
-    engine: Engine = Depends(get_engine),
-    settings: Settings = Depends(get_settings),
-    metrics: Metrics = Depends(get_metrics),
+    engine: EngineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> NextWordResponse:
     """The next-word distribution after <eos> + the normalised context."""
     check_chars(req.context, "context", settings)
@@ -237,8 +234,8 @@ async def next_word(
 )
 async def tokenize_text(
     req: TokenizeRequest,
-    engine: Engine = Depends(get_engine),
-    settings: Settings = Depends(get_settings),
+    engine: EngineDep,
+    settings: SettingsDep,
 ) -> TokenizeResponse:
     """Normalise a text like PTB and look it up in the vocabulary."""
     check_chars(req.text, "text", settings)

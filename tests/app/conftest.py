@@ -23,9 +23,10 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from model.checkpoint import LoadedWeights, import_book, load_weights, save_weights
+from model.book import import_book
 from model.rnnlm import ModelConfig, init_params
 from model.vocab import Vocab
+from model.weights import LoadedWeights, load_weights, save_weights
 
 TOY_WORDS = [
     "<eos>", "<unk>", "the", "a", "cat", "dog", "sat", "on", "mat", "ran", "N", "and",

@@ -14,11 +14,13 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
-from app.engine import Engine
+from app.engine import Engine, GenerationRequest
 from app.main import begin_drain, create_app
-from model.checkpoint import LoadedWeights
 from model.inference import SamplingParams, generate
+from model.weights import LoadedWeights
 from tests.app.conftest import asgi_client
+
+req = GenerationRequest.of  # a request from plain arguments
 
 LONG = " ".join(["the stock market fell and new york rose"] * 4)
 
@@ -198,7 +200,7 @@ def test_a_full_queue_is_a_429_with_retry_after(tiny_weights: Path) -> None:
         async with asgi_client(app) as c:
             engine = _engine(app)
             eos = engine.vocab.eos_id
-            held = [engine.generate([eos], 100, SamplingParams(), s, False) for s in (1, 2)]
+            held = [engine.generate(req([eos], 100, SamplingParams(), s, False)) for s in (1, 2)]
             for g in held:
                 await anext(g)  # two generations in: the queue is full
             for path, body in (("/perplexity", {"text": "a"}), ("/next-word", {"context": "a"}),

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 
 from app.engine import (
+    DECODE_PREFILL_TOKENS,
     INLINE_ROWS,
-    RIDE_TOKENS,
     STREAM_BUFFER,
     DrainingError,
     Engine,
+    GenerationRequest,
     OverloadedError,
     PrefixCache,
     RequestTimeoutError,
 )
-from model.checkpoint import LoadedWeights
 from model.inference import (
     InferenceModel,
     LSTMState,
@@ -29,7 +29,10 @@ from model.inference import (
     next_logprobs,
     score,
 )
+from model.weights import LoadedWeights
 from tests.model.test_inference import naive_logprobs
+
+req = GenerationRequest.of  # a request from plain arguments
 
 pytestmark = pytest.mark.anyio
 
@@ -135,14 +138,14 @@ async def _ids(
     seed: int | None,
     **kw: Any,
 ) -> list[int]:
-    return [s.id async for s in engine.generate(prompt, n, params, seed, **kw)]
+    return [s.id async for s in engine.generate(req(prompt, n, params, seed, **kw))]
 
 
 async def test_generate_matches_the_pure_generator(engine: Engine) -> None:
     eos, unk = engine.vocab.eos_id, engine.vocab.unk_id
     prompt = [eos, *(i % len(engine.vocab) for i in (10, 20, 30))]
     params = SamplingParams(do_sample=True, temperature=0.9, top_k=50, repetition_penalty=1.3)
-    got = [s async for s in engine.generate(prompt, 25, params, 7, stop_at_eos=False)]
+    got = [s async for s in engine.generate(req(prompt, 25, params, 7, stop_at_eos=False))]
     want = list(
         generate(
             engine.model, prompt, 25, params, np.random.default_rng(7), eos, unk, stop_at_eos=False
@@ -159,12 +162,12 @@ async def test_generate_all_equals_the_streamed_steps(engine: Engine) -> None:
     prompts = [[eos, 10, 20], [eos, 3], [eos, *range(40, 52)]]
     params = [SamplingParams(do_sample=True, temperature=0.8, top_p=0.9), GREEDY,
               SamplingParams(do_sample=True, top_k=5)]
-    want = [[s async for s in engine.generate(p, 9 + i, q, 11 + i, stop_at_eos=False,
-                                              top_n_tokens=2, prefill_logprobs=True)]
+    want = [[s async for s in engine.generate(req(p, 9 + i, q, 11 + i, stop_at_eos=False,
+                                              top_n_tokens=2, prefill_logprobs=True))]
             for i, (p, q) in enumerate(zip(prompts, params, strict=True))]
     got = await asyncio.gather(*(
-        engine.generate_all(p, 9 + i, q, 11 + i, stop_at_eos=False, top_n_tokens=2,
-                            prefill_logprobs=True)
+        engine.generate_all(req(p, 9 + i, q, 11 + i, stop_at_eos=False, top_n_tokens=2,
+                            prefill_logprobs=True))
         for i, (p, q) in enumerate(zip(prompts, params, strict=True))))
     for g, w in zip(got, want, strict=True):
         assert [s.id for s in g] == [s.id for s in w]
@@ -175,14 +178,14 @@ async def test_generate_all_equals_the_streamed_steps(engine: Engine) -> None:
         assert g[0].prefill_logprobs is not None and w[0].prefill_logprobs is not None
         np.testing.assert_allclose(g[0].prefill_logprobs, w[0].prefill_logprobs, atol=1e-4)
     assert engine.in_flight == 0
-    assert await engine.generate_all([eos], 0, GREEDY, None) == []
+    assert await engine.generate_all(req([eos], 0, GREEDY, None)) == []
     with pytest.raises(ValueError, match="at least one token"):
-        await engine.generate_all([], 3, GREEDY, None)
+        await engine.generate_all(req([], 3, GREEDY, None))
 
 
 async def test_a_cancelled_generate_all_leaves_the_batch(engine: Engine) -> None:
     task = asyncio.create_task(
-        engine.generate_all([engine.vocab.eos_id], 100_000, GREEDY, None, stop_at_eos=False))
+        engine.generate_all(req([engine.vocab.eos_id], 100_000, GREEDY, None, stop_at_eos=False)))
     while engine.stats()["tokens_generated"] < 3:
         await asyncio.sleep(0.001)
     task.cancel()
@@ -195,26 +198,26 @@ async def test_a_cancelled_generate_all_leaves_the_batch(engine: Engine) -> None
 
 async def test_short_prompts_ride_in_the_decode_batch(tiny_loaded: LoadedWeights) -> None:
     """Prompts that join running generations are read a token a step in the decode batch
-    (RIDE_TOKENS at most; a longer one gets a forward of its own): the same tokens, the
+    (DECODE_PREFILL_TOKENS at most; a longer one gets a forward of its own): the same tokens, the
     same prefill log-probs, and the prompt cached as a forward would have cached it."""
     engine = Engine(tiny_loaded)
     eos, unk, V = engine.vocab.eos_id, engine.vocab.unk_id, len(engine.vocab)
     params = SamplingParams(do_sample=True, temperature=0.9)
     rng = np.random.default_rng(5)
-    prompts = [[eos, *rng.integers(2, V, n).tolist()] for n in (1, 4, 9, RIDE_TOKENS + 6)]
+    prompts = [[eos, *rng.integers(2, V, n).tolist()] for n in (1, 4, 9, DECODE_PREFILL_TOKENS + 6)]
     try:
-        first = engine.generate([eos, 3], 60, params, 0, False)
+        first = engine.generate(req([eos, 3], 60, params, 0, False))
         head = [await anext(first)]  # it runs: the others join a decode batch
 
         async def one(prompt: list[int], seed: int) -> list[Any]:
-            gen = engine.generate(prompt, 8, params, seed, False, prefill_logprobs=True)
+            gen = engine.generate(req(prompt, 8, params, seed, False, prefill_logprobs=True))
             return [s async for s in gen]
 
         got = await asyncio.gather(*(one(p, k) for k, p in enumerate(prompts)))
         head += [s async for s in first]
         stats = engine.stats()
         fed = _fed(engine)
-        (lp,) = await engine.score([prompts[2]])  # read while riding: a cache hit
+        (lp,) = await engine.score([prompts[2]])  # prefilled in the decode batch: a cache hit
         assert _fed(engine) == fed
     finally:
         await engine.aclose()
@@ -249,8 +252,8 @@ async def test_small_decode_ticks_run_on_the_event_loop(
     monkeypatch.setattr(engine, "_compute", recording)
     eos = engine.vocab.eos_id
     greedy = SamplingParams(do_sample=False)
-    await engine.generate_all([eos, 5, 6], 4, greedy, None, stop_at_eos=False)  # alone
-    await asyncio.gather(*(engine.generate_all([eos, 5 + i, 6], 4, greedy, None, False)
+    await engine.generate_all(req([eos, 5, 6], 4, greedy, None, stop_at_eos=False))  # alone
+    await asyncio.gather(*(engine.generate_all(req([eos, 5 + i, 6], 4, greedy, None, False))
                            for i in range(4)))  # a batch of 4
     await engine.score([[eos, 5, 6, 7, eos]])
     loop_thread = threading.current_thread().name
@@ -277,7 +280,7 @@ async def test_stop_sequence_ends_generation(engine: Engine) -> None:
     prompt = [engine.vocab.eos_id, 7]
     path = await _ids(engine, prompt, 12, GREEDY, None, stop_at_eos=False)
     stop = path[4:6]
-    steps = [s async for s in engine.generate(prompt, 12, GREEDY, None, False, [stop])]
+    steps = [s async for s in engine.generate(req(prompt, 12, GREEDY, None, False, [stop]))]
     ids = [s.id for s in steps]
     first = next(i for i in range(1, len(path)) if path[i - 1 : i + 1] == stop)
     assert ids == path[: first + 1]
@@ -288,9 +291,9 @@ async def test_prefill_and_top_tokens(engine: Engine) -> None:
     prompt = [engine.vocab.eos_id, 4, 8, 15 % len(engine.vocab), 16 % len(engine.vocab)]
     steps = [
         s
-        async for s in engine.generate(
+        async for s in engine.generate(req(
             prompt, 3, GREEDY, None, top_n_tokens=4, prefill_logprobs=True
-        )
+        ))
     ]
     want, _ = score(engine.model, [prompt[:-1]], [prompt[1:]])
     assert steps[0].prefill_logprobs is not None
@@ -305,7 +308,7 @@ async def test_prefill_and_top_tokens(engine: Engine) -> None:
 
 
 async def test_closing_the_generator_stops_generation(engine: Engine) -> None:
-    gen = engine.generate([engine.vocab.eos_id], 500, SamplingParams(), 1, stop_at_eos=False)
+    gen = engine.generate(req([engine.vocab.eos_id], 500, SamplingParams(), 1, stop_at_eos=False))
     taken = [await anext(gen) for _ in range(3)]
     assert engine.in_flight == 1
     await gen.aclose()
@@ -320,7 +323,7 @@ async def test_closing_the_generator_stops_generation(engine: Engine) -> None:
 async def test_overloaded_when_the_queue_is_full(tiny_loaded: LoadedWeights) -> None:
     engine = Engine(tiny_loaded, queue_size=1)
     try:
-        gen = engine.generate([engine.vocab.eos_id], 50, GREEDY, None)
+        gen = engine.generate(req([engine.vocab.eos_id], 50, GREEDY, None))
         await anext(gen)
         with pytest.raises(OverloadedError):
             await engine.next_word([engine.vocab.eos_id])
@@ -333,13 +336,13 @@ async def test_overloaded_when_the_queue_is_full(tiny_loaded: LoadedWeights) -> 
 
 
 async def test_draining_refuses_new_work_and_finishes_what_is_in(engine: Engine) -> None:
-    gen = engine.generate([engine.vocab.eos_id], 20, GREEDY, None, stop_at_eos=False)
+    gen = engine.generate(req([engine.vocab.eos_id], 20, GREEDY, None, stop_at_eos=False))
     first = await anext(gen)
     engine.drain()
     with pytest.raises(DrainingError):
         await engine.score([[engine.vocab.eos_id, 3]])
     with pytest.raises(DrainingError):
-        await anext(engine.generate([engine.vocab.eos_id], 5, GREEDY, None))
+        await anext(engine.generate(req([engine.vocab.eos_id], 5, GREEDY, None)))
     rest = [s async for s in gen]
     assert len([first, *rest]) == 20 and rest[-1].finish_reason == "length"
     assert await engine.wait_idle(1.0)
@@ -415,9 +418,9 @@ async def test_a_generation_is_cached_for_a_follow_up(tiny_loaded: LoadedWeights
         eos = warm.vocab.eos_id
         prompt = [eos, 4, 5, 6]
         params = SamplingParams(do_sample=True, top_p=0.9)
-        one = [s async for s in warm.generate(prompt, 10, params, 11, stop_at_eos=False)]
-        two = [s async for s in warm.generate(prompt, 10, params, 11, stop_at_eos=False)]
-        ref = [s async for s in cold.generate(prompt, 10, params, 11, stop_at_eos=False)]
+        one = [s async for s in warm.generate(req(prompt, 10, params, 11, stop_at_eos=False))]
+        two = [s async for s in warm.generate(req(prompt, 10, params, 11, stop_at_eos=False))]
+        ref = [s async for s in cold.generate(req(prompt, 10, params, 11, stop_at_eos=False))]
         assert [s.id for s in one] == [s.id for s in two] == [s.id for s in ref]
         np.testing.assert_allclose([s.logprob for s in two], [s.logprob for s in ref], atol=1e-4)
         assert warm.stats()["cache"]["hits"] == 1  # the second prompt was read from the cache

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from model.checkpoint import LoadedWeights
 from model.vocab import tokenize
+from model.weights import LoadedWeights
 from tests.naive import naive_logprobs, naive_next
 
 MakeClient = Callable[..., AbstractContextManager[TestClient]]

@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 
 from app.config import Settings
 from app.main import create_app
-from model.checkpoint import LoadedWeights
 from model.inference import (
     InferenceModel,
     SamplingParams,
@@ -37,6 +36,7 @@ from model.inference import (
 )
 from model.rnnlm import ModelConfig, init_params
 from model.vocab import tokenize
+from model.weights import LoadedWeights
 
 SCALE = int(os.environ.get("RNNLM_FUZZ_EXAMPLES", "50")) / 50
 

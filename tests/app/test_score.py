@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model.checkpoint import LoadedWeights
 from model.vocab import tokenize
+from model.weights import LoadedWeights
 from tests.naive import naive_logprobs, naive_next
 
 

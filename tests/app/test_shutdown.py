@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from model.checkpoint import save_weights
 from model.rnnlm import ModelConfig, init_params
 from model.vocab import Vocab
+from model.weights import save_weights
 from tests.app.conftest import LiveServer
 
 WORDS = [f"w{i}" for i in range(6000)]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.checkpoint import CONFIG_FILE, PARAMS_FILE
+from model.weights import CONFIG_FILE, PARAMS_FILE
 from tests.app.conftest import serve_command
 
 

@@ -85,7 +85,7 @@ def test_lr_divided_by_4_when_validation_does_not_improve(
     ppls = iter([100.0, 90.0, 95.0, 80.0, 85.0])
     monkeypatch.setattr(tr, "validate", lambda: next(ppls))
     lrs = []
-    monkeypatch.setattr(tr, "save_checkpoint", lambda: lrs.append(tr.state.lr))
+    monkeypatch.setattr(tr, "save_state", lambda: lrs.append(tr.state.lr))
     tr.fit(progress=False)
     # lr after each epoch: kept, kept, /4, kept, /4
     assert lrs == [8.0, 8.0, 2.0, 2.0, 0.5]

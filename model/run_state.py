@@ -1,0 +1,92 @@
+"""A training run's resumable state on disk: parameters, best parameters, LSTM state, counters, RNG.
+
+Written with ``model.atomic.replace_dir``, so a run stopped at any moment resumes from the
+last complete state; plain ``.npz`` and JSON, read without unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.atomic import replace_dir
+from model.rnnlm import LSTMState
+
+RUN_STATE_VERSION = 1
+META_FILE = "trainer.json"
+
+
+@dataclass(eq=False)
+class RunState:
+    """What a stopped run needs to continue bit for bit."""
+
+    params: dict[str, np.ndarray]
+    best_params: dict[str, np.ndarray] | None
+    lstm_state: LSTMState | None
+    train_config: dict[str, Any]
+    model_config: dict[str, Any]
+    counters: dict[str, Any]  # TrainState as a dict
+    rng: dict[str, Any]  # the generator's bit_generator.state
+
+
+def exists(directory: Path) -> bool:
+    """True when directory holds a run state."""
+    return (Path(directory) / META_FILE).is_file()
+
+
+def save_run_state(directory: Path, rs: RunState) -> None:
+    """Replace directory with rs, atomically."""
+
+    def write(d: Path) -> None:
+        np.savez(d / "params.npz", **rs.params)  # type: ignore[arg-type]
+        if rs.best_params is not None:
+            np.savez(d / "best.npz", **rs.best_params)  # type: ignore[arg-type]
+        if rs.lstm_state is not None:
+            np.savez(d / "lstm_state.npz", h=rs.lstm_state.h, c=rs.lstm_state.c)
+        meta = {
+            "checkpoint_version": RUN_STATE_VERSION,
+            "train_config": rs.train_config,
+            "model_config": rs.model_config,
+            "state": rs.counters,
+            "rng": rs.rng,
+            "saved_at": time.time(),
+        }
+        (d / META_FILE).write_text(json.dumps(meta, indent=1))
+
+    replace_dir(Path(directory), write)
+
+
+def load_run_state(directory: Path) -> RunState:
+    """Read a run state written by save_run_state (FileNotFoundError, ValueError on a bad one)."""
+    directory = Path(directory)
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: no run state to resume from")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("checkpoint_version") != RUN_STATE_VERSION:
+        raise ValueError(f"{meta_path}: unknown checkpoint_version")
+
+    def load(name: str) -> dict[str, np.ndarray] | None:
+        if not (directory / name).exists():
+            return None
+        with np.load(directory / name, allow_pickle=False) as z:
+            return {k: z[k].copy() for k in z.files}
+
+    params = load("params.npz")
+    if params is None:
+        raise ValueError(f"{directory / 'params.npz'}: missing from the run state")
+    hc = load("lstm_state.npz")
+    return RunState(
+        params=params,
+        best_params=load("best.npz"),
+        lstm_state=LSTMState(hc["h"], hc["c"]) if hc is not None else None,
+        train_config=dict(meta["train_config"]),
+        model_config=dict(meta["model_config"]),
+        counters=dict(meta["state"]),
+        rng=meta["rng"],
+    )
