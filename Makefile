@@ -42,7 +42,7 @@ lint: $(VENV)/.installed-test
 
 # The book's recipe (2 x 650, the trainer's defaults) into a new folder beside the shipped
 # models, so a fresh run never overwrites weights/ptb-650. Ctrl-C or SIGTERM leaves a
-# checkpoint in runs/; `make train` again resumes it.
+# run state in runs/; `make train` again resumes it.
 TRAIN_OUT ?= weights/ptb-650-retrained
 train: $(VENV)/.installed-test
 	$(BIN)/rnnlm train --data-dir $(DATA_DIR) --out $(TRAIN_OUT) \

@@ -2,6 +2,6 @@
 
 import sys
 
-from app.main import cli
+from app.serve import main
 
-sys.exit(cli())
+sys.exit(main())

@@ -33,7 +33,7 @@ class ServiceState:
 
 
 # The dependencies are async on purpose: FastAPI runs a plain `def` dependency in its thread
-# pool, a thread hop per dependency per request (about a third of a short request's CPU).
+# pool, a thread hop per dependency per request (bench/README.md, "Decisions and measurements").
 
 
 async def get_state(request: Request) -> ServiceState:

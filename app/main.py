@@ -1,24 +1,14 @@
-"""The FastAPI app (create_app) and the ``rnnlm-serve`` command (cli)."""
+"""The FastAPI app: create_app, its lifespan (load, warm up, ready, drain) and its routers."""
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
-import signal
-import socket
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import FrameType
 
 import anyio.to_thread
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
-from sse_starlette.sse import AppStatus
 
 from app.config import Settings
 from app.deps import ServiceState
@@ -35,7 +25,7 @@ from app.routes.health import service_version
 from model.blas import warn_if_slow_kernel
 from model.weights import LoadedWeights, WeightsError, load_weights
 
-logger = logging.getLogger("app")
+logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 A word-level LSTM language model (the BetterRnnlm of *Deep Learning from Scratch 2*, trained on
@@ -143,115 +133,3 @@ def create_app(settings: Settings | None = None, weights: LoadedWeights | None =
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
-
-
-def _parser() -> argparse.ArgumentParser:
-    """rnnlm-serve's arguments; each overrides its RNNLM_* variable."""
-    p = argparse.ArgumentParser(
-        prog="rnnlm-serve",
-        description="Serve the LSTM language model over HTTP. Every setting can also be set "
-        "with an RNNLM_* environment variable (RNNLM_WEIGHTS, RNNLM_PORT, RNNLM_MAX_TEXTS, ...).",
-    )
-    p.add_argument("--host", help="address to bind (default 127.0.0.1, RNNLM_HOST)")
-    p.add_argument("--port", type=int, help="port (default 8000, RNNLM_PORT)")
-    p.add_argument("--weights", help="weights directory (default weights/ptb-650, RNNLM_WEIGHTS)")
-    p.add_argument(
-        "--log-level",
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="log level (default info, RNNLM_LOG_LEVEL)",
-    )
-    return p
-
-
-def cli(argv: Sequence[str] | None = None) -> int:
-    """The rnnlm-serve command: load the weights, then run uvicorn on create_app's app."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    overrides = {
-        k: v
-        for k, v in (
-            ("host", args.host),
-            ("port", args.port),
-            ("weights", args.weights),
-            ("log_level", args.log_level),
-        )
-        if v is not None
-    }
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as e:
-        parser.error(str(e))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Loading before uvicorn starts turns a bad weights file into one log line and exit 2
-    # (a failing lifespan would print a traceback through uvicorn).
-    try:
-        weights = load_weights(settings.weights)
-    except WeightsError as e:
-        logger.error("cannot load weights: %s", e)
-        return 2
-    app = create_app(settings, weights)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-    )
-    state: ServiceState = app.state.service
-    # sse-starlette ends every event stream once uvicorn stops listening; the drain lets
-    # in-flight streams finish instead (bounded by max_new_tokens and shutdown_timeout_s).
-    if hasattr(AppStatus, "disable_automatic_graceful_drain"):
-        AppStatus.disable_automatic_graceful_drain()
-    DrainingServer(config, lambda: begin_drain(state), settings.drain_seconds).run()
-    return 0
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server with a drain: on SIGTERM it keeps listening for drain_seconds, not
-    ready and answering new work 503 while in-flight requests go on, then stops listening,
-    lets in-flight requests finish (timeout_graceful_shutdown) and returns, so the process
-    exits 0. SIGINT (Ctrl-C), or a second signal, skips the rest of the drain; one more
-    forces the exit."""
-
-    def __init__(
-        self, config: uvicorn.Config, on_drain: Callable[[], None], drain_seconds: float
-    ) -> None:
-        super().__init__(config)
-        self.on_drain = on_drain
-        self.drain_seconds = drain_seconds
-        self._drain_asked = False
-        self._drain_until: float | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """The signal handler: only flags here (locks are unsafe in a handler); on_tick acts.
-
-        uvicorn's own handler records the signal and re-raises it after shutdown (exit
-        -15); this one does not, so a drained shutdown exits 0.
-        """
-        if self.should_exit:
-            self.force_exit = True
-        elif sig == signal.SIGTERM and not self._drain_asked and self.drain_seconds > 0:
-            self._drain_asked = True
-        else:
-            self.should_exit = True
-
-    async def on_tick(self, counter: int) -> bool:
-        """uvicorn's 0.1 s tick: start the drain once asked, end it after drain_seconds."""
-        if self._drain_asked and self._drain_until is None:
-            self._drain_until = time.monotonic() + self.drain_seconds
-            self.on_drain()
-            logger.info("SIGTERM: draining for %.1f s before closing the listener",
-                        self.drain_seconds)
-        if self._drain_until is not None and time.monotonic() >= self._drain_until:
-            self.should_exit = True
-        return await super().on_tick(counter)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Turn not ready before closing (a SIGINT skips the drain, not the 503s)."""
-        self.on_drain()
-        await super().shutdown(sockets)

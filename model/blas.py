@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # OpenBLAS kernel families without AVX-512; on a CPU that has AVX-512 they leave about half
 # the matrix-product speed unused (forced, e.g., by OPENBLAS_CORETYPE=Haswell).
@@ -85,9 +85,8 @@ def set_num_threads(n: int) -> int | None:
 
 def transposed_decode_is_faster(info: dict[str, Any] | None = None) -> bool:
     """Whether a decoding step should compute W.T @ x.T rather than x @ W (InferenceModel)."""
-    # Measured at 2x650 and 2x256 on one AMD EPYC: with OpenBLAS's AVX-512 kernels W.T @ x.T is
-    # faster (32 streams: 4.3 against 5.1 ms a step), with its Haswell or Zen kernels x @ W is
-    # (5.6 against 6.7 ms; Zen 5.7 against 6.3). Another BLAS keeps the first.
+    # With OpenBLAS's AVX-512 kernels W.T @ x.T is faster, with its Haswell or Zen kernels
+    # x @ W is (bench/README.md, "Decisions and measurements"). Another BLAS keeps the first.
     info = info or blas_info()
     return (info.get("corename") or "").lower() not in _PRE_AVX512
 
@@ -104,6 +103,6 @@ def warn_if_slow_kernel(info: dict[str, Any] | None = None) -> str | None:
             + "; matrix products may run at about half speed. Unset OPENBLAS_CORETYPE to let "
             "OpenBLAS pick the kernels for this CPU."
         )
-        log.warning(msg)
+        logger.warning(msg)
         return msg
     return None

@@ -7,7 +7,7 @@ import numpy as np
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Logistic function 1 / (1 + exp(-x)), in place when ``out`` is ``x``."""
-    # exp/add/reciprocal is ~1.6x faster than the tanh form in float32 (PERFORMANCE.md);
+    # exp/add/reciprocal is faster than the tanh form in float32 (bench/README.md);
     # exp(-x) overflowing to inf for very negative x gives the correct limit 0.
     with np.errstate(over="ignore"):
         y = np.negative(x, out=out)

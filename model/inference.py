@@ -78,7 +78,7 @@ class InferenceModel:
         *,
         decode_transposed: bool = True,
     ) -> InferenceModel:
-        """Build from named parameters (DESIGN.md naming); copies into float32."""
+        """Build from named parameters (docs/design.md naming); copies into float32."""
         # decode_transposed: the decoding step's layout (model.blas.transposed_decode_is_faster)
 
         def frozen(a: np.ndarray) -> np.ndarray:
@@ -90,12 +90,10 @@ class InferenceModel:
         # Stacking Wx over Wh makes a decoding step one matrix product per layer, while
         # Wxh[:D_in] and Wxh[D_in:] stay contiguous for windows. The gates are reordered to
         # [f, i, o, g] so one sigmoid call covers the three sigmoid gates: per-step call
-        # overhead is what a batch-1 request pays for. The LSTM weights are kept in both
-        # layouts (27 MB more at 2 x 650), as each path has its fastest OpenBLAS form: windows
-        # run [x, h] @ W, a decoding step W.T @ [x, h].T (32 streams: 4.2 against 5.0 ms a
-        # step, and the output projection embed @ h.T needs no copy). That holds for
-        # OpenBLAS's AVX-512 kernels; with its AVX2 (Haswell) kernels a decoding step is
-        # faster as [x, h] @ W (32 streams: 5.6 against 6.7 ms), and the copy is not made.
+        # overhead is what a batch-1 request pays for. With OpenBLAS's AVX-512 kernels the
+        # LSTM weights are kept in both layouts (27 MB more at 2 x 650): windows run
+        # [x, h] @ W, a decoding step W.T @ [x, h].T, faster there (bench/README.md,
+        # "Decisions and measurements"); with other kernels the copy is not made.
         perm = _fiog(config.hidden_size)
         Wxh = tuple(
             frozen(np.concatenate([params[f"lstm.{k}.Wx"], params[f"lstm.{k}.Wh"]],
@@ -135,9 +133,7 @@ class InferenceModel:
 
 
 # Products of 2 or 3 rows run as that many matrix-vector products: OpenBLAS packs the whole
-# weight matrix for a small matrix product, so at 2x650 a decode step of 2 streams took 2.4 ms
-# against 1.6 ms row by row (3 rows: 2.9 against 2.3; 4 rows were about even), and a one-word
-# text scored in 3.3 against 2.4 ms.
+# weight matrix for a small matrix product, which costs more than the rows (bench/README.md).
 ROWWISE_MAX = 3
 
 
@@ -154,8 +150,7 @@ def _matmul(a: np.ndarray, W: np.ndarray, out: np.ndarray | None = None) -> np.n
 
 
 # With the kernels where a decoding step is faster transposed (decode_transposed), so is the
-# output projection of up to this many rows, e.g. a sentence's: 22 rows took 1.95 against
-# 2.65 ms as embed @ h.T (OpenBLAS's AVX-512 kernels; from 64 rows on it is slower).
+# output projection of up to this many rows, e.g. a sentence's (bench/README.md).
 TRANSPOSED_PROJECTION_ROWS = 48
 
 

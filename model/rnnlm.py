@@ -53,7 +53,7 @@ class ModelConfig:
         return cls(**d)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The name and shape of every parameter array, in DESIGN.md's naming."""
+        """The name and shape of every parameter array, in docs/design.md's naming."""
         V, D, H = self.vocab_size, self.wordvec_size, self.hidden_size
         shapes: dict[str, tuple[int, ...]] = {"embed.W": (V, D)}
         for k in range(self.num_layers):

@@ -66,7 +66,8 @@ class Vocab:
         return cls(words)
 
 
-# --- The PTB-style normaliser (DESIGN.md, "User text"; golden cases in normalizer_cases.json).
+# --- The PTB-style normaliser (docs/design.md, "The PTB normaliser"; golden cases in
+# ../shared/data/normalizer_cases.json).
 
 # Tokens that keep their case and skip every other rule (rule 2).
 _SPECIALS = frozenset({"N", UNK, EOS})
@@ -189,7 +190,7 @@ def _split_word(chunk: str, vocab: Vocab | None, out: list[str]) -> None:
 
 
 def normalize(text: str, vocab: Vocab | None = None) -> list[str]:
-    """PTB-style words of user text (DESIGN.md rules 1-8); never raises on a str."""
+    """PTB-style words of user text (docs/design.md, rules 1-8); never raises on a str."""
     words: list[str] = []
     for n, line in enumerate(_canon(text).split("\n")):
         if n:

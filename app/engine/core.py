@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,7 @@ class Engine:
         self._in_flight = 0
         self._served = 0
         self._tokens_scored = 0
+        self._warmup: dict[str, Any] | None = None  # what warmup() ran, once it has
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,18 +203,28 @@ class Engine:
     # ------------------------------------------------------------------ the calls routes make
 
     async def warmup(self) -> None:
-        """One scoring forward and one step at two batch sizes, in the compute thread."""
+        """One scoring forward and one step at two batch sizes, in the compute thread.
+
+        The first products of a thread allocate BLAS buffers and fault in the weights; doing
+        them here keeps that off the first request. What ran is reported in stats()["warmup"].
+        """
         await self.start()
         eos = self.vocab.eos_id
 
-        def work() -> None:
+        def work() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            rows = []
             for n in (1, 2):
                 _, st = score(self.model, [[eos, eos]] * n, [[eos, eos]] * n)
                 logits, _ = step(self.model, np.full(n, eos), st)
-                log_softmax(logits, axis=1)
+                if not np.isfinite(log_softmax(logits, axis=1)).all():
+                    raise ValueError("the model gives non-finite log-probabilities")
+                rows.append(n)
+            return {"batch_sizes": rows, "thread": threading.current_thread().name,
+                    "seconds": time.perf_counter() - t0}
 
         assert self._executor is not None
-        await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        self._warmup = await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def score(self, texts: list[list[int]]) -> list[np.ndarray]:
         """Log-probabilities of positions 1.. of each full id sequence ([eos, tokens..., eos?])."""
@@ -385,4 +397,5 @@ class Engine:
             "largest_batch": dict(self._sched.largest),
             "largest_batch_requests": dict(self._sched.largest_requests),
             "cache": self.cache.stats(),
+            "warmup": self._warmup,
         }

@@ -46,7 +46,7 @@ async def perplexity(
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> PerplexityResponse:
-    """Score each text from a zero state fed <eos> (DESIGN.md scoring conventions)."""
+    """Score each text from a zero state fed <eos> (docs/design.md, scoring conventions)."""
     if req.texts is not None and req.text is not None:
         raise validation_error('give either "text" or "texts", not both', "texts")
     if req.texts is None and req.text is None:

@@ -363,8 +363,14 @@ async def test_a_request_past_its_time_limit_is_refused(tiny_loaded: LoadedWeigh
 
 
 async def test_warmup_and_stats(engine: Engine) -> None:
+    assert engine.stats()["warmup"] is None
     await engine.warmup()
     stats = engine.stats()
+    # it ran a forward and a step at batch sizes 1 and 2 in the compute thread, where the
+    # requests' products run (not on the event loop's thread)
+    assert stats["warmup"]["batch_sizes"] == [1, 2]
+    assert stats["warmup"]["thread"].startswith("rnnlm-engine")
+    assert stats["warmup"]["seconds"] > 0
     assert stats["in_flight"] == 0
     assert stats["queue_size"] == 4
     assert stats["kind"] == "batching"

@@ -74,6 +74,8 @@ def test_info(client: TestClient, tiny_loaded: LoadedWeights) -> None:
     assert info["weights"]["sha256"] == tiny_loaded.sha256
     assert info["weights"]["name"] == "tiny"
     assert info["metrics"] == {"test_perplexity": 1e4}
+    # the lifespan warmed the engine up before turning ready
+    assert info["engine"]["warmup"]["batch_sizes"] == [1, 2]
     assert info["limits"] == {
         "max_texts": 256, "max_text_chars": 20000, "max_request_tokens": 16384,
         "max_body_bytes": 1 << 20, "max_new_tokens": 512, "default_max_new_tokens": 20,

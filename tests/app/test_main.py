@@ -247,8 +247,7 @@ def test_sigterm_shuts_down_cleanly(tiny_weights: Path, live_server_factory: Any
     with live_server_factory(tiny_weights) as server:
         assert httpx.get(server.url + "/health").status_code == 200
         server.process.send_signal(signal.SIGTERM)
-        # uvicorn re-raises the signal after its graceful shutdown: "terminated by SIGTERM"
-        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
         logs = server.logs()
     assert "Application shutdown complete" in logs
     assert "Traceback" not in logs
