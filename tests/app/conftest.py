@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -260,3 +261,36 @@ def live_server(
     """The base URL of an rnnlm-serve subprocess serving tiny_weights (shared by the session)."""
     with live_server_factory(tiny_weights) as server:
         yield server.url
+
+
+# --- comparing answers -----------------------------------------------------------------------
+
+
+def assert_close(got: Any, want: Any, path: str = "") -> None:
+    """got equals want, floats to 1e-4 (relative or absolute): docs/design.md allows BLAS
+    rounding, log-probabilities within 1e-4; ids, texts and structure exactly."""
+    if isinstance(want, float) or isinstance(got, float):
+        assert isinstance(got, int | float) and isinstance(want, int | float), path
+        assert math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-4), f"{path}: {got} != {want}"
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), f"{path}: {got} != {want}"
+        for k in want:
+            assert_close(got[k], want[k], f"{path}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{path}: {got} != {want}"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_close(g, w, f"{path}[{i}]")
+    else:
+        assert got == want, f"{path}: {got!r} != {want!r}"
+
+
+def prom_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text -> {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+

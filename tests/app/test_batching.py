@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.engine import Engine, GenerationRequest
 from app.main import begin_drain, create_app
 from model.inference import SamplingParams, generate
 from model.weights import LoadedWeights
-from tests.app.conftest import asgi_client
+from tests.app.conftest import asgi_client, assert_close, prom_samples
 
 req = GenerationRequest.of  # a request from plain arguments
 
@@ -51,25 +50,6 @@ REQUESTS: list[tuple[str, dict[str, Any]]] = [
 ]  # fmt: skip
 
 
-def _close(a: Any, b: Any, path: str = "") -> None:
-    """Equal, except floats: log-probabilities within 1e-4, other floats to 1e-4 relative."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for n, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{path}[{n}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        if "log" in path.rsplit(".", 1)[-1]:
-            assert a == pytest.approx(b, abs=1e-4), path
-        else:
-            assert a == pytest.approx(b, rel=1e-4, abs=1e-6), path
-    else:
-        assert a == b, path
-
-
 async def _post(c: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
     r = await c.post(path, json=body)
     assert r.status_code == 200, r.text
@@ -100,15 +80,6 @@ def _engine(app: FastAPI) -> Engine:
     return engine
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Prometheus text -> {(sample name, sorted labels): value}."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
 @pytest.fixture(scope="module")
 def alone(tiny_weights: Path) -> list[Any]:
     """Every request on its own, one after another, on an engine without a cache."""
@@ -122,14 +93,14 @@ def test_concurrent_requests_share_forwards_and_get_the_same_answers(
     app = create_app(Settings(weights=tiny_weights, state_cache_mb=0, max_batch_wait_ms=200))
     (together,) = _together(app)
     for (path, _), a, b in zip(REQUESTS, alone, together, strict=True):
-        _close(a, b, path)
+        assert_close(a, b, path)
     stats = _engine(app).stats()
     # rows of different requests went through one scoring forward, and generations of
     # different requests stepped together
     assert stats["largest_batch_requests"]["score"] > 1
     assert stats["largest_batch_requests"]["decode"] > 1
     assert stats["cache"]["entries"] == 0 and stats["in_flight"] == 0
-    m = samples(app.state.service.metrics.render().decode())
+    m = prom_samples(app.state.service.metrics.render().decode())
     decode = (("kind", "decode"),)
     one = m[("rnnlm_engine_batch_size_bucket", (*decode, ("le", "1.0")))]
     assert m[("rnnlm_engine_batch_size_count", decode)] > one  # some decode steps held > 1
@@ -144,7 +115,7 @@ def test_small_batches_chunks_and_queued_slots_change_nothing(
     )
     (together,) = _together(app)
     for (path, _), a, b in zip(REQUESTS, alone, together, strict=True):
-        _close(a, b, path)
+        assert_close(a, b, path)
     stats = _engine(app).stats()
     assert stats["largest_batch"] == {"score": 2, "decode": 2}
 
@@ -153,10 +124,10 @@ def test_cache_hits_give_the_cold_numbers(tiny_weights: Path, alone: list[Any]) 
     app = create_app(Settings(weights=tiny_weights))
     first, second = _together(app, rounds=2)
     for (path, _), a, b, c in zip(REQUESTS, alone, first, second, strict=True):
-        _close(a, b, path)
-        _close(a, c, path)
+        assert_close(a, b, path)
+        assert_close(a, c, path)
     cache = _engine(app).stats()["cache"]
-    m = samples(app.state.service.metrics.render().decode())
+    m = prom_samples(app.state.service.metrics.render().decode())
     assert cache["hits"] >= 10 and cache["misses"] > 0 and cache["bytes"] > 0
     assert m[("rnnlm_engine_cache_hits_total", ())] == cache["hits"]
     assert m[("rnnlm_engine_cache_misses_total", ())] == cache["misses"]
@@ -212,7 +183,7 @@ def test_a_full_queue_is_a_429_with_retry_after(tiny_weights: Path) -> None:
             for g in held:
                 await g.aclose()
             assert (await c.post("/perplexity", json={"text": "a"})).status_code == 200
-            m = samples((await c.get("/metrics")).text)
+            m = prom_samples((await c.get("/metrics")).text)
             assert m[("rnnlm_engine_rejected_total", (("reason", "overloaded"),))] == 3
 
     asyncio.run(main())

@@ -6,20 +6,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.main import create_app
 from model.weights import LoadedWeights, WeightsError
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Prometheus text -> {(sample name, sorted labels): value}."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+from tests.app.conftest import prom_samples
 
 
 def test_ready_after_the_lifespan_and_draining_after(tiny_weights: Path) -> None:
@@ -102,7 +93,7 @@ def test_metrics_count_requests_and_tokens(tiny_weights: Path) -> None:
         c.get("/nope")
         r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    m = samples(r.text)
+    m = prom_samples(r.text)
 
     def requests(route: str, method: str, status: str) -> float:
         key = (("method", method), ("route", route), ("status", status))
@@ -132,8 +123,8 @@ def test_each_app_has_its_own_registry(tiny_weights: Path) -> None:
             "rnnlm_requests_total",
             (("method", "POST"), ("route", "/tokenize"), ("status", "200")),
         )
-        assert samples(a.get("/metrics").text)[key] == 1
-        assert key not in samples(b.get("/metrics").text)
+        assert prom_samples(a.get("/metrics").text)[key] == 1
+        assert key not in prom_samples(b.get("/metrics").text)
 
 
 def test_openapi_documents_every_field(client: TestClient) -> None:

@@ -17,7 +17,7 @@ import pytest
 from app.client import AsyncClient, Client, RnnlmError
 from app.config import Settings
 from app.main import create_app
-from tests.app.conftest import asgi_client, serve_command
+from tests.app.conftest import asgi_client, assert_close, serve_command
 
 
 def test_live_server_with_the_client(live_server: str) -> None:
@@ -200,22 +200,6 @@ def _requests() -> list[tuple[str, dict[str, Any]]]:
     return reqs  # fmt: skip
 
 
-def _close(a: Any, b: Any, path: str = "") -> None:
-    """Equal, except floats named like log-probabilities within 1e-4."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for n, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{path}[{n}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-4, abs=1e-4), path
-    else:
-        assert a == b, path
-
-
 def test_concurrent_requests_equal_sequential_ones(tiny_weights: Path) -> None:
     reqs = _requests()
     assert len(reqs) == 50
@@ -238,7 +222,7 @@ def test_concurrent_requests_equal_sequential_ones(tiny_weights: Path) -> None:
     for (path, _), s, c in zip(reqs, sequential, concurrent, strict=True):
         if path == "/generate_stream":
             s, c = [json.loads(x[5:]) for x in s], [json.loads(x[5:]) for x in c]
-        _close(s, c, path)
+        assert_close(s, c, path)
     # and generation did happen concurrently with other work (the engine admitted them all)
     assert app.state.service.engine.stats()["requests_served"] >= 100
 

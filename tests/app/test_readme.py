@@ -8,7 +8,6 @@ text block of events) must get that answer: ids, texts and structure exactly, fl
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -17,11 +16,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.app.conftest import LiveServer
+from tests.app.conftest import LiveServer, assert_close
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -73,29 +71,12 @@ CURLS = [(ex, cmd) for ex in _examples() if ex.lang == "bash" for cmd in _curls(
 PYTHON = [ex for ex in _examples() if ex.lang == "python"]
 
 
-def same(got: Any, want: Any, where: str = "") -> None:
-    """Assert got equals want: floats to 1e-4 (relative or absolute), everything else exactly."""
-    if isinstance(want, float) or isinstance(got, float):
-        assert isinstance(got, int | float) and isinstance(want, int | float), where
-        assert math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-4), f"{where}: {got} != {want}"
-    elif isinstance(want, dict):
-        assert isinstance(got, dict) and list(got) == list(want), f"{where}: {got} != {want}"
-        for k in want:
-            same(got[k], want[k], f"{where}.{k}")
-    elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), f"{where}: {got} != {want}"
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            same(g, w, f"{where}[{i}]")
-    else:
-        assert got == want, f"{where}: {got!r} != {want!r}"
-
-
 def test_the_comparison_can_fail() -> None:
-    same({"a": [1, 0.50001]}, {"a": [1, 0.5]})
+    assert_close({"a": [1, 0.50001]}, {"a": [1, 0.5]})
     for got, want in (({"a": 2}, {"a": 1}), ([1.0], [1.01]), ({"a": 1, "b": 2}, {"a": 1}),
                       (["x"], ["y"]), ([1, 2], [1])):
         with pytest.raises(AssertionError):
-            same(got, want)
+            assert_close(got, want)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +119,11 @@ def test_curl_example(ex: Example, cmd: str, server: LiveServer) -> None:
     if ex.expected is None or len(_curls(ex.code)) != 1:
         return
     if ex.expected_lang == "json":
-        same(json.loads(out), json.loads(ex.expected), ex.doc)
+        assert_close(json.loads(out), json.loads(ex.expected), ex.doc)
     elif "generate_stream" in cmd:
         events = [json.loads(x[5:]) for x in out.splitlines() if x.startswith("data:")]
         want = [json.loads(x[5:]) for x in ex.expected.splitlines() if x.startswith("data:")]
-        same(events, want, ex.doc)
+        assert_close(events, want, ex.doc)
 
 
 @pytest.mark.parametrize("ex", PYTHON, ids=str)
