@@ -20,6 +20,13 @@ from app.main import begin_drain
 
 logger = logging.getLogger(__name__)
 
+# The request line and headers h11 may buffer before they are complete. h11's own default,
+# 16 KiB, made a long URL a race: read in one piece it parsed (a 404), read in two it was
+# refused mid-read with a 400 and a close over unread bytes, a reset that could lose even
+# that answer. 64 KiB holds any request head this API needs (nginx in front refuses a
+# request line over 8 KiB with its own 414).
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
+
 
 def run(app: FastAPI, settings: Settings) -> None:
     """Serve app until SIGTERM (drained) or SIGINT; returns when the server has stopped."""
@@ -30,6 +37,7 @@ def run(app: FastAPI, settings: Settings) -> None:
         log_level=settings.log_level,
         log_config=None,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
     state: ServiceState = app.state.service
     # sse-starlette ends every event stream once uvicorn stops listening; the drain lets
