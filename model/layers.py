@@ -39,11 +39,19 @@ class Embedding:
         self.grads = [dW]
         self.accumulate = accumulate
         self.ids: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
 
-    def forward(self, ids: np.ndarray) -> np.ndarray:
-        """(T, N) int ids -> (T, N, D) vectors."""
+    def forward(self, ids: np.ndarray, row_scale: np.ndarray | None = None) -> np.ndarray:
+        """(T, N) int ids -> (T, N, D) vectors; row_scale (V,) scales each word's vector
+        (embedding dropout, model.regularize), the matrix itself untouched."""
         self.ids = ids
-        return self.params[0][ids]  # (T, N, D)
+        x = self.params[0][ids]  # (T, N, D)
+        if row_scale is None:
+            self.scale = None
+            return x
+        self.scale = row_scale[ids][..., None]  # (T, N, 1)
+        x *= self.scale
+        return x
 
     def backward(self, dout: np.ndarray) -> None:
         """Add the rows of ``dout`` into the rows of dW they were read from."""
@@ -52,6 +60,8 @@ class Embedding:
         if not self.accumulate:
             dW[...] = 0
         D = dW.shape[1]
+        if self.scale is not None:
+            dout = dout * self.scale
         np.add.at(dW, self.ids.ravel(), dout.reshape(-1, D))  # (T*N, D)
 
 
@@ -215,16 +225,23 @@ class LSTM:
         self.params = [Wx, Wh, b]
         self.grads = [dWx, dWh, db]
         self.cache: tuple[np.ndarray, ...] | None = None
+        self.Wh_mask: np.ndarray | None = None
+        self.Wh_used: np.ndarray = Wh
 
     def forward(
-        self, xs: np.ndarray, h0: np.ndarray, c0: np.ndarray
+        self, xs: np.ndarray, h0: np.ndarray, c0: np.ndarray, Wh_mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(T, N, D) inputs and (N, H) initial state -> (T, N, H) outputs, final h, c."""
+        """(T, N, D) inputs and (N, H) initial state -> (T, N, H) outputs, final h, c.
+
+        Wh_mask (H, 4H): the recurrence uses Wh * Wh_mask (DropConnect, model.regularize).
+        """
         Wx, Wh, b = self.params
         T, N, D = xs.shape
         A = (xs.reshape(T * N, D) @ Wx).reshape(T, N, -1)  # (T, N, 4H)
         A += b
-        h_all, c_all, tc = lstm_scan(A, Wh, h0, c0)
+        self.Wh_mask = Wh_mask
+        self.Wh_used = Wh if Wh_mask is None else Wh * Wh_mask
+        h_all, c_all, tc = lstm_scan(A, self.Wh_used, h0, c0)
         self.cache = (xs, A, h_all, c_all, tc)
         return h_all[1:], h_all[T], c_all[T]
 
@@ -235,7 +252,8 @@ class LSTM:
         """
         assert self.cache is not None, "backward before forward"
         xs, A, h_all, c_all, tc = self.cache
-        Wx, Wh, _ = self.params
+        Wx = self.params[0]
+        Wh = self.Wh_used
         dWx, dWh, db = self.grads
         T, N, H = dhs.shape
         dtype = dhs.dtype
@@ -277,6 +295,8 @@ class LSTM:
             np.matmul(da, Wh.T, out=dh)
         dA2 = dA.reshape(T * N, -1)  # (T*N, 4H)
         np.matmul(h_all[:-1].reshape(T * N, H).T, dA2, out=dWh)  # (H, 4H)
+        if self.Wh_mask is not None:
+            dWh *= self.Wh_mask
         np.matmul(xs.reshape(T * N, -1).T, dA2, out=dWx)  # (D, 4H)
         np.sum(dA2, axis=0, out=db)
         return (dA2 @ Wx.T).reshape(T, N, -1)  # (T, N, D)

@@ -3,7 +3,8 @@
 Embedding -> Dropout -> [LSTM -> Dropout] x L -> Affine (tied to the embedding) -> softmax,
 after Zaremba et al. 2014 ("Recurrent Neural Network Regularization") with the weight
 tying of Press & Wolf 2017 and Inan et al. 2017. The book's plain ``Rnnlm`` is the same
-class with ``num_layers=1, tied=False, dropout=0``.
+class with ``num_layers=1, tied=False, dropout=0``. A ``Regularization`` (model.regularize)
+swaps in AWD-LSTM's training-time regularisation; what is served stays the same.
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from typing import Any
 import numpy as np
 
 from model.layers import LSTM, Affine, Dropout, Embedding, SoftmaxCrossEntropy
+from model.regularize import (
+    EmbeddingDropout,
+    LockedDropout,
+    Penalty,
+    Regularization,
+    WeightDrop,
+    activation_penalty,
+)
 
 
 @dataclass(frozen=True)
@@ -130,8 +139,10 @@ class BetterRnnlm:
         params: dict[str, np.ndarray] | None = None,
         rng: np.random.Generator | None = None,
         dtype: np.dtype | type = np.float32,
+        reg: Regularization | None = None,
     ) -> None:
         self.config = config
+        self.reg = reg
         if params is None:
             params = init_params(config, rng or np.random.default_rng(), dtype)
         shapes = config.param_shapes()
@@ -144,7 +155,16 @@ class BetterRnnlm:
         self.grads = {k: np.zeros_like(v) for k, v in params.items()}
         p, g = self.params, self.grads
         self.embed = Embedding(p["embed.W"], g["embed.W"], accumulate=config.tied)
-        self.dropouts = [Dropout(config.dropout) for _ in range(config.num_layers + 1)]
+        self.dropouts: list[Dropout] | list[LockedDropout]
+        if reg is None:
+            self.dropouts = [Dropout(config.dropout) for _ in range(config.num_layers + 1)]
+        else:
+            rates = [reg.dropout_input, *[reg.dropout_hidden] * (config.num_layers - 1),
+                     reg.dropout_output]
+            self.dropouts = [LockedDropout(p) for p in rates]
+        self.embed_drop = EmbeddingDropout(reg.dropout_embedding if reg else 0.0)
+        self.weight_drop = WeightDrop(reg.weight_drop if reg else 0.0)
+        self.penalty: Penalty | None = None  # AR/TAR of the last training forward
         self.lstms = [
             LSTM(
                 p[f"lstm.{k}.Wx"], p[f"lstm.{k}.Wh"], p[f"lstm.{k}.b"],
@@ -179,14 +199,22 @@ class BetterRnnlm:
         N = xs.shape[0]
         if state is None:
             state = LSTMState.zeros(self.config, N, self.dtype)
-        x = self.embed.forward(np.ascontiguousarray(xs.T))  # (T, N, D)
+        dt = self.dtype
+        row_scale = self.embed_drop.mask(self.config.vocab_size, train, rng, dt)
+        x = self.embed.forward(np.ascontiguousarray(xs.T), row_scale)  # (T, N, D)
         x = self.dropouts[0].forward(x, train, rng)
         hs, cs = [], []
+        raw = x
         for k, lstm in enumerate(self.lstms):
-            x, h, c = lstm.forward(x, state.h[k], state.c[k])  # (T, N, H)
-            x = self.dropouts[k + 1].forward(x, train, rng)
+            mask = self.weight_drop.mask(lstm.params[1].shape, train, rng, dt)
+            raw, h, c = lstm.forward(x, state.h[k], state.c[k], mask)  # (T, N, H)
+            x = self.dropouts[k + 1].forward(raw, train, rng)
             hs.append(h)
             cs.append(c)
+        reg = self.reg
+        self.penalty = None
+        if train and reg is not None and (reg.ar_alpha or reg.tar_beta):
+            self.penalty = activation_penalty(x, raw, reg.ar_alpha, reg.tar_beta)
         return x, LSTMState(np.stack(hs), np.stack(cs))
 
     def forward(
@@ -199,7 +227,8 @@ class BetterRnnlm:
     ) -> tuple[float, LSTMState]:
         """Mean cross-entropy of (N, T) targets given (N, T) inputs, and the final state.
 
-        Dropout is active only when ``train`` (its masks come from ``rng``).
+        Dropout is active only when ``train`` (its masks come from ``rng``). With AR/TAR on,
+        backward() differentiates the cross-entropy plus ``self.penalty.loss``.
         """
         x, new_state = self._hidden(xs, state, train, rng)
         logits = self.affine.forward(x)  # (T, N, V)
@@ -215,8 +244,14 @@ class BetterRnnlm:
         """Fill ``self.grads`` for the last forward (the mean loss)."""
         dout = self.loss_layer.backward()
         dx = self.affine.backward(dout)
-        for k in range(len(self.lstms) - 1, -1, -1):
+        top = len(self.lstms) - 1
+        pen = self.penalty
+        if pen is not None and pen.d_dropped is not None:
+            dx += pen.d_dropped
+        for k in range(top, -1, -1):
             dx = self.dropouts[k + 1].backward(dx)
+            if k == top and pen is not None and pen.d_raw is not None:
+                dx = dx + pen.d_raw
             dx = self.lstms[k].backward(dx)
         dx = self.dropouts[0].backward(dx)
         self.embed.backward(dx)
