@@ -150,7 +150,9 @@ def _parse_bool(s: str) -> bool:
 
 
 def add_train_arguments(p: argparse.ArgumentParser, defaults: Any) -> None:
-    """Every TrainConfig field as a flag (None = the default, or the run state's value)."""
+    """Every TrainConfig field as a flag (None = the recipe's default, or the run state's)."""
+    from model.train import RECIPES
+
     p.add_argument("--out", required=True, help="weights directory to write (best validation)")
     p.add_argument("--run-dir", default=None,
                    help="run state and log folder (default ~/.cache/rnnlm/runs/<out name>)")
@@ -166,8 +168,14 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: Any) -> None:
                    help="skip measuring the four metrics when the run finishes")
     for f in fields(defaults):
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if f.type in ("bool", bool):
+        book = getattr(defaults, f.name)
+        awd = RECIPES["awd"].get(f.name, book)
+        default = book if awd == book else f"{book}; awd {awd}"
+        if f.name == "recipe":
+            p.add_argument(flag, choices=sorted(RECIPES), default=None,
+                           help="the defaults of every other value: book (Zaremba et al. 2014, "
+                           "the book's) or awd (Merity et al. 2017); (default book)")
+        elif f.type in ("bool", bool):
             p.add_argument(flag, type=_parse_bool, default=None, metavar="{true,false}",
                            help=f"(default {default})")
         else:

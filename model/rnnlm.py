@@ -142,7 +142,6 @@ class BetterRnnlm:
         reg: Regularization | None = None,
     ) -> None:
         self.config = config
-        self.reg = reg
         if params is None:
             params = init_params(config, rng or np.random.default_rng(), dtype)
         shapes = config.param_shapes()
@@ -155,16 +154,7 @@ class BetterRnnlm:
         self.grads = {k: np.zeros_like(v) for k, v in params.items()}
         p, g = self.params, self.grads
         self.embed = Embedding(p["embed.W"], g["embed.W"], accumulate=config.tied)
-        self.dropouts: list[Dropout] | list[LockedDropout]
-        if reg is None:
-            self.dropouts = [Dropout(config.dropout) for _ in range(config.num_layers + 1)]
-        else:
-            rates = [reg.dropout_input, *[reg.dropout_hidden] * (config.num_layers - 1),
-                     reg.dropout_output]
-            self.dropouts = [LockedDropout(p) for p in rates]
-        self.embed_drop = EmbeddingDropout(reg.dropout_embedding if reg else 0.0)
-        self.weight_drop = WeightDrop(reg.weight_drop if reg else 0.0)
-        self.penalty: Penalty | None = None  # AR/TAR of the last training forward
+        self.set_regularization(reg)
         self.lstms = [
             LSTM(
                 p[f"lstm.{k}.Wx"], p[f"lstm.{k}.Wh"], p[f"lstm.{k}.b"],
@@ -182,6 +172,21 @@ class BetterRnnlm:
         else:
             self.affine = Affine(p["affine.W"], p["affine.b"], g["affine.W"], g["affine.b"])
         self.loss_layer = SoftmaxCrossEntropy()
+
+    def set_regularization(self, reg: Regularization | None) -> None:
+        """The book's dropout (None) or AWD-LSTM's regularisation for training forwards."""
+        config = self.config
+        self.reg = reg
+        self.dropouts: list[Dropout] | list[LockedDropout]
+        if reg is None:
+            self.dropouts = [Dropout(config.dropout) for _ in range(config.num_layers + 1)]
+        else:
+            rates = [reg.dropout_input, *[reg.dropout_hidden] * (config.num_layers - 1),
+                     reg.dropout_output]
+            self.dropouts = [LockedDropout(p) for p in rates]
+        self.embed_drop = EmbeddingDropout(reg.dropout_embedding if reg else 0.0)
+        self.weight_drop = WeightDrop(reg.weight_drop if reg else 0.0)
+        self.penalty: Penalty | None = None  # AR/TAR of the last training forward
 
     @property
     def dtype(self) -> np.dtype:

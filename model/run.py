@@ -119,7 +119,7 @@ def run_training(opts: RunOptions, given: dict[str, Any]) -> dict[str, Any]:
             logger.warning("no run state in %s: starting a new run", sdir)
         elif run_state.exists(sdir):
             raise ValueError(f"{sdir} holds a run state: pass --resume, or another --run-dir")
-        config = TrainConfig.from_dict(given)
+        config = TrainConfig.from_recipe(given)
         rng = np.random.default_rng(config.seed)
         model = BetterRnnlm(config.model_config(len(vocab)), rng=rng)
         trainer = Trainer(model, config, train_ids, valid_ids, sdir, log_path, rng=rng)

@@ -1,4 +1,4 @@
-"""A training run's resumable state on disk: parameters, best parameters, LSTM state, counters, RNG.
+"""A training run's resumable state on disk: parameters (best, averaged), LSTM state, counters, RNG.
 
 Written with ``model.atomic.replace_dir``, so a run stopped at any moment resumes from the
 last complete state; plain ``.npz`` and JSON, read without unpickling.
@@ -32,6 +32,7 @@ class RunState:
     model_config: dict[str, Any]
     counters: dict[str, Any]  # TrainState as a dict
     rng: dict[str, Any]  # the generator's bit_generator.state
+    avg_params: dict[str, np.ndarray] | None = None  # NT-ASGD's running average
 
 
 def exists(directory: Path) -> bool:
@@ -46,6 +47,8 @@ def save_run_state(directory: Path, rs: RunState) -> None:
         np.savez(d / "params.npz", **rs.params)  # type: ignore[arg-type]
         if rs.best_params is not None:
             np.savez(d / "best.npz", **rs.best_params)  # type: ignore[arg-type]
+        if rs.avg_params is not None:
+            np.savez(d / "avg.npz", **rs.avg_params)  # type: ignore[arg-type]
         if rs.lstm_state is not None:
             np.savez(d / "lstm_state.npz", h=rs.lstm_state.h, c=rs.lstm_state.c)
         meta = {
@@ -89,4 +92,5 @@ def load_run_state(directory: Path) -> RunState:
         model_config=dict(meta["model_config"]),
         counters=dict(meta["state"]),
         rng=meta["rng"],
+        avg_params=load("avg.npz"),
     )

@@ -98,7 +98,7 @@ def test_planned_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     seen = []
     orig = tr.train_step
     monkeypatch.setattr(tr, "train_step",
-                        lambda x, t: (seen.append(tr.state.lr), orig(x, t))[1])
+                        lambda x, t, s=1.0: (seen.append(tr.state.lr), orig(x, t, s))[1])
     tr.fit(progress=False)
     assert sorted(set(seen), reverse=True) == [3.0, 2.0]
     assert seen[0] == 3.0 and seen[-1] == 2.0

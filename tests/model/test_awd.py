@@ -1,0 +1,113 @@
+"""The "awd" recipe in the Trainer: recipes, NT-ASGD's trigger and average, randomised BPTT,
+weight decay, and a stopped AWD run resuming bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.optim import Averager, add_weight_decay, should_start_averaging
+from model.regularize import LockedDropout, Regularization
+from model.train import RECIPES, TrainConfig, Trainer
+from tests.model.test_train import make_trainer, small_config, toy_corpus
+
+AWD_SMALL = dict(
+    recipe="awd", lr_schedule="constant", dropout_embedding=0.1, dropout_input=0.2,
+    dropout_hidden=0.2, dropout_output=0.2, weight_drop=0.3, ar_alpha=2.0, tar_beta=1.0,
+    weight_decay=1e-5, bptt_random=True, asgd_nonmono=1,
+)
+
+
+def test_the_book_recipe_is_the_default_and_awd_overridable() -> None:
+    assert TrainConfig.from_recipe({}) == TrainConfig()
+    assert TrainConfig().regularization() is None
+    awd = TrainConfig.from_recipe({"recipe": "awd", "weight_drop": 0.3})
+    assert awd.weight_drop == 0.3 and awd.bptt == RECIPES["awd"]["bptt"]
+    assert awd.regularization() == Regularization(
+        dropout_embedding=0.1, dropout_input=0.4, dropout_hidden=0.25, dropout_output=0.4,
+        weight_drop=0.3, ar_alpha=2.0, tar_beta=1.0)
+    with pytest.raises(ValueError, match="recipe"):
+        TrainConfig.from_recipe({"recipe": "fancy"})
+
+
+def test_nonmonotone_trigger() -> None:
+    # Merity et al.: average once the loss is worse than the best before the last n
+    assert not should_start_averaging([5.0, 4.0], 4.5, nonmono=2)  # too few evaluations
+    assert should_start_averaging([5.0, 4.0, 3.0], 5.5, nonmono=2)
+    assert not should_start_averaging([5.0, 4.0, 3.0], 4.9, nonmono=2)
+    assert not should_start_averaging([5.0, 4.0, 3.0], 9.0, nonmono=0)
+
+
+def test_averager_is_the_mean_of_the_iterates() -> None:
+    r = np.random.default_rng(0)
+    iterates = [{"w": r.standard_normal((3, 2))} for _ in range(7)]
+    avg = Averager(iterates[0])
+    for it in iterates[1:]:
+        avg.update(it)
+    np.testing.assert_allclose(avg.mean["w"], np.mean([i["w"] for i in iterates], axis=0))
+    assert avg.steps == 7
+    assert avg.mean["w"] is not iterates[0]["w"]
+
+
+def test_weight_decay_adds_decay_times_the_weights() -> None:
+    p, g = np.full(3, 2.0, np.float32), np.ones(3, np.float32)
+    add_weight_decay([p], [g], 0.1)
+    np.testing.assert_allclose(g, 1.2)
+
+
+def test_awd_run_uses_every_part_and_averages(tmp_path: Path) -> None:
+    tr = make_trainer(tmp_path, small_config(epochs=4, **AWD_SMALL))
+    assert isinstance(tr.model.dropouts[0], LockedDropout)
+    lengths: list[int] = []
+    orig = tr.train_step
+
+    def spy(xs: np.ndarray, ts: np.ndarray, s: float = 1.0) -> float:
+        lengths.append(xs.shape[1])
+        assert s == pytest.approx(xs.shape[1] / 10)  # the lr follows the window's length
+        return orig(xs, ts, s)
+
+    tr.train_step = spy  # type: ignore[method-assign]
+    first = tr.validate()
+    ppls = iter([50.0, 40.0, 55.0, 44.0])  # epoch 3 is worse than epoch 1: average from then
+
+    def validate() -> float:
+        real = Trainer.validate(tr)
+        assert real < first
+        return next(ppls)
+
+    tr.validate = validate  # type: ignore[method-assign]
+    assert tr.fit(progress=False)
+    assert len(set(lengths)) > 3 and min(lengths) >= 5  # windows of varying length
+    assert tr.state.asgd_start_epoch == 3
+    assert tr.averager is not None and tr.state.asgd_steps == tr.averager.steps > 1
+    # the average is not the last iterate, and validation reads the average
+    w = "lstm.0.Wh"
+    assert not np.array_equal(tr.averager.mean[w], tr.model.params[w])
+    assert [h["averaged"] for h in tr.state.history] == [False, False, False, True]
+
+
+def test_a_stopped_awd_run_resumes_bit_for_bit(tmp_path: Path) -> None:
+    cfg = small_config(epochs=3, **AWD_SMALL)
+    a = make_trainer(tmp_path / "a", cfg)
+    assert a.fit(progress=False)
+    b = make_trainer(tmp_path / "b", cfg)
+    n_a = a.state.history
+    steps = {"n": 0}
+
+    def stop() -> bool:
+        steps["n"] += 1
+        return steps["n"] == 2 * b.n_windows + 3  # into epoch 3, after averaging began
+
+    assert not b.fit(progress=False, should_stop=stop)
+    ids = toy_corpus()
+    c = Trainer.resume(tmp_path / "b" / "ckpt", ids[:3000], ids[3000:])
+    assert (c.averager is None) == (b.averager is None)
+    assert c.fit(progress=False)
+    for k in a.model.params:
+        assert np.array_equal(a.model.params[k], c.model.params[k]), k
+    assert [h["valid_ppl"] for h in n_a] == [h["valid_ppl"] for h in c.state.history]
+    assert a.best_params is not None and c.best_params is not None
+    for k in a.best_params:
+        assert np.array_equal(a.best_params[k], c.best_params[k]), k
