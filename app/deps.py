@@ -12,7 +12,7 @@ from app.config import Settings
 from app.engine import Engine
 from app.errors import ApiError, validation_error
 from app.metrics import Metrics
-from model.vocab import Tokenized, Vocab, tokenize
+from model.normalize import Tokenized, Tokenizer
 
 Phase = Literal["loading", "ready", "draining"]
 
@@ -78,8 +78,8 @@ def check_chars(text: str, param: str, settings: Settings) -> None:
         )
 
 
-async def tokenize_all(texts: list[str], vocab: Vocab) -> list[Tokenized]:
+async def tokenize_all(texts: list[str], tokenizer: Tokenizer) -> list[Tokenized]:
     """Normalise and look up texts off the event loop (a 1 MiB body takes a while)."""
     if sum(len(t) for t in texts) < 2_000:
-        return [tokenize(t, vocab) for t in texts]
-    return await anyio.to_thread.run_sync(lambda: [tokenize(t, vocab) for t in texts])
+        return [tokenizer(t) for t in texts]
+    return await anyio.to_thread.run_sync(lambda: [tokenizer(t) for t in texts])

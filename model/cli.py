@@ -52,7 +52,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """rnnlm generate."""
     from model.inference import InferenceModel, SamplingParams, generate
-    from model.vocab import tokenize
+    from model.normalize import tokenize
     from model.weights import load_weights
 
     w = load_weights(args.weights)

@@ -1,8 +1,10 @@
-"""The weights directory (docs/design.md, format version 1): save, load and verify, update metrics.
+"""The weights directory (docs/design.md, formats 1 and 2): save, load and verify, update metrics.
 
 A weights directory holds ``config.json``, ``params.npz`` and ``vocab.txt``. Loading never
 unpickles: arrays are read with ``allow_pickle=False`` and every checksum and shape is checked
-against config.json. (The book's pickles are read in ``model.book``, nowhere else.)
+against config.json. (The book's pickles are read in ``model.book``, nowhere else.) Format
+2 adds the normaliser the model's text goes through; a format-1 directory (no "normalizer")
+loads as ``ptb``, which every format-1 model was trained with.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from typing import Any, Literal
 import numpy as np
 
 from model.atomic import replace_dir
+from model.normalize import PTB, Normalizer
 from model.rnnlm import ModelConfig
 from model.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "rnnlm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what save_weights writes
+READABLE_VERSIONS = (1, 2)
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.npz"
 VOCAB_FILE = "vocab.txt"
@@ -65,6 +69,7 @@ class LoadedWeights:
     vocab: Vocab
     meta: dict[str, Any]
     sha256: str
+    normalizer: Normalizer = PTB
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -128,6 +133,7 @@ def save_weights(
     dtype: Literal["float16", "float32"] = "float16",
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    normalizer: Normalizer = PTB,
 ) -> Path:
     """Write a weights directory atomically (model.atomic.replace_dir); return its path."""
     out_dir = Path(out_dir)
@@ -166,6 +172,7 @@ def save_weights(
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model": config.to_dict(),
+            "normalizer": normalizer.to_dict(),
             "dtype": dtype,
             "sha256": {
                 PARAMS_FILE: _sha256_file(tmp / PARAMS_FILE),
@@ -200,11 +207,27 @@ def _read_config(weights_dir: Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     version = meta.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise WeightsError(
-            f"{path}: unknown format_version {version!r}; this version reads {FORMAT_VERSION}"
+            f"{path}: unknown format_version {version!r}; this version reads "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}"
         )
     return meta
+
+
+def _read_normalizer(meta: dict[str, Any], config_path: Path) -> Normalizer:
+    """Format 2's "normalizer" (required there); ptb for format 1."""
+    if meta.get("format_version") == 1:
+        if "normalizer" in meta:
+            raise WeightsError(f'{config_path}: "normalizer" needs format_version 2')
+        return PTB
+    if "normalizer" not in meta:
+        raise WeightsError(f'{config_path}: format_version 2 needs "normalizer" '
+                           '({"name": "ptb" | "plain", "lowercase": false | true})')
+    try:
+        return Normalizer.from_dict(meta["normalizer"])
+    except ValueError as e:
+        raise WeightsError(f"{config_path}: {e}") from e
 
 
 def update_metrics(weights_dir: str | Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,7 +337,8 @@ def load_weights(path: str | Path) -> LoadedWeights:
         sha[:12],
     )
     return LoadedWeights(
-        path=path, config=config, params=params, vocab=vocab, meta=meta, sha256=sha
+        path=path, config=config, params=params, vocab=vocab, meta=meta, sha256=sha,
+        normalizer=_read_normalizer(meta, config_path),
     )
 
 

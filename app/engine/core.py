@@ -37,6 +37,7 @@ from app.metrics import EngineMetrics
 from model.blas import transposed_decode_is_faster
 from model.functions import log_softmax
 from model.inference import InferenceModel, score, step
+from model.normalize import Tokenizer
 from model.vocab import Vocab
 from model.weights import LoadedWeights
 
@@ -66,6 +67,8 @@ class Engine:
     ) -> None:
         self.weights = weights
         self.vocab: Vocab = weights.vocab
+        # the weights' own normaliser: every text a route reads goes through it
+        self.tokenizer = Tokenizer(weights.vocab, weights.normalizer)
         self.model = InferenceModel.from_params(
             weights.config, weights.params, decode_transposed=transposed_decode_is_faster()
         )

@@ -30,6 +30,7 @@ from app.schemas import (
     Token,
 )
 from model.inference import SamplingParams
+from model.normalize import Tokenizer
 from model.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def sampling_params(p: GenerateParameters) -> SamplingParams:
 
 
 async def make_plan(
-    req: GenerateRequest, settings: Settings, vocab: Vocab, streaming: bool
+    req: GenerateRequest, settings: Settings, tokenizer: Tokenizer, streaming: bool
 ) -> Plan:
     """Check every parameter and limit; normalise the prompt and the stop sequences."""
     p = req.parameters
@@ -201,7 +202,8 @@ async def make_plan(
         )
     for i, s in enumerate(stop):
         check_chars(s, f"parameters.stop[{i}]", settings)
-    prompt, *stop_toks = await tokenize_all([req.inputs, *stop], vocab)
+    vocab = tokenizer.vocab
+    prompt, *stop_toks = await tokenize_all([req.inputs, *stop], tokenizer)
     stops: list[list[int]] = []
     for i, st in enumerate(stop_toks):
         name = f"parameters.stop[{i}]"
@@ -406,7 +408,7 @@ async def _answer(
     metrics: Metrics,
 ) -> GenerateResponse | EventSourceResponse:
     """Plan, then stream or run to the end."""
-    plan = await make_plan(req, settings, engine.vocab, streaming=stream)
+    plan = await make_plan(req, settings, engine.tokenizer, streaming=stream)
     if stream:
         return await generate_stream_response(engine, plan, metrics)
     return await generate_once(engine, plan, settings, metrics)

@@ -61,7 +61,7 @@ async def perplexity(
     for text, name in zip(texts, names, strict=True):
         check_chars(text, name, settings)
     vocab = engine.vocab
-    toks = await tokenize_all(texts, vocab)
+    toks = await tokenize_all(texts, engine.tokenizer)
     for tok, name in zip(toks, names, strict=True):
         if not tok.ids:
             raise validation_error(f"{name} has no tokens after normalisation", name)
@@ -165,7 +165,7 @@ async def next_word(
     for i, t in enumerate(targets):
         check_chars(t, f"targets[{i}]", settings)
     vocab = engine.vocab
-    ctx, *target_toks = await tokenize_all([req.context, *targets], vocab)
+    ctx, *target_toks = await tokenize_all([req.context, *targets], engine.tokenizer)
     for i, tt in enumerate(target_toks):
         if len(tt.words) != 1:
             what = (
@@ -237,9 +237,9 @@ async def tokenize_text(
     engine: EngineDep,
     settings: SettingsDep,
 ) -> TokenizeResponse:
-    """Normalise a text like PTB and look it up in the vocabulary."""
+    """Normalise a text with the model's normaliser and look it up in the vocabulary."""
     check_chars(req.text, "text", settings)
-    (tok,) = await tokenize_all([req.text], engine.vocab)
+    (tok,) = await tokenize_all([req.text], engine.tokenizer)
     return TokenizeResponse(
         words=tok.words,
         tokens=tok.tokens,

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from model.vocab import tokenize
+from model.normalize import tokenize
 from model.weights import LoadedWeights
 from tests.naive import naive_logprobs, naive_next
 

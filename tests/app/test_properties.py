@@ -35,7 +35,7 @@ from model.inference import (
     score,
 )
 from model.rnnlm import ModelConfig, init_params
-from model.vocab import tokenize
+from model.normalize import tokenize
 from model.weights import LoadedWeights
 
 SCALE = int(os.environ.get("RNNLM_FUZZ_EXAMPLES", "50")) / 50

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model.vocab import tokenize
+from model.normalize import tokenize
 from model.weights import LoadedWeights
 from tests.naive import naive_logprobs, naive_next
 

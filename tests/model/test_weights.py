@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from model import weights as checkpoint
+from model.normalize import Normalizer
 from model.rnnlm import ModelConfig
 from model.vocab import Vocab
 from model.weights import (
@@ -142,14 +143,16 @@ def test_config_json_shape(saved: Path) -> None:
         "format",
         "format_version",
         "model",
+        "normalizer",
         "dtype",
         "sha256",
         "training",
         "metrics",
     ]
     assert meta["format"] == "rnnlm"
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["model"] == TIED.to_dict()
+    assert meta["normalizer"] == {"name": "ptb", "lowercase": False}
     assert meta["sha256"] == {
         "params.npz": _sha(saved / "params.npz"),
         "vocab.txt": _sha(saved / "vocab.txt"),
@@ -279,7 +282,11 @@ def test_bad_json(saved: Path) -> None:
     ("changes", "needle"),
     [
         ({"format": "other"}, "format"),
-        ({"format_version": 2}, "unknown format_version 2"),
+        ({"format_version": 3}, "unknown format_version 3"),
+        ({"normalizer": {"name": "nfkc", "lowercase": False}}, "unknown normalizer 'nfkc'"),
+        ({"normalizer": {"name": "plain"}}, '"normalizer" must be'),
+        ({"normalizer": "plain"}, '"normalizer" must be'),
+        ({"normalizer": {"name": "plain", "lowercase": "yes"}}, "lowercase must be true or false"),
         ({"format_version": "1"}, "unknown format_version '1'"),
         ({"format_version": True}, "unknown format_version True"),
         ({"dtype": "float64"}, "dtype"),
@@ -293,6 +300,26 @@ def test_bad_config_fields(saved: Path, changes: dict[str, Any], needle: str) ->
     msg = _load_error(saved)
     assert str(saved / "config.json") in msg
     assert needle in msg
+
+
+def test_format_2_needs_its_normalizer(saved: Path) -> None:
+    meta = json.loads((saved / "config.json").read_text())
+    del meta["normalizer"]
+    (saved / "config.json").write_text(json.dumps(meta))
+    msg = _load_error(saved)
+    assert str(saved / "config.json") in msg and 'needs "normalizer"' in msg
+
+
+def test_format_1_loads_as_ptb_and_format_2_keeps_its_normalizer(tmp_path: Path) -> None:
+    one = save_weights(tmp_path / "one", TIED, _params(TIED), _vocab())
+    meta = json.loads((one / "config.json").read_text())
+    del meta["normalizer"]
+    meta["format_version"] = 1  # as the shipped models and every earlier import are
+    (one / "config.json").write_text(json.dumps(meta))
+    assert load_weights(one).normalizer == Normalizer("ptb")
+    two = save_weights(tmp_path / "two", TIED, _params(TIED), _vocab(),
+                       normalizer=Normalizer("plain", lowercase=True))
+    assert load_weights(two).normalizer == Normalizer("plain", lowercase=True)
 
 
 def test_truncated_params_fails_checksum(saved: Path) -> None:
