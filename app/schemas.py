@@ -659,7 +659,8 @@ class InfoResponse(BaseModel):
 
     version: str = Field(description="Service version.", examples=["0.1.0"])
     model: dict[str, Any] = Field(
-        description="Architecture: vocab_size, wordvec_size, hidden_size, num_layers, tied.",
+        description="Architecture: vocab_size, wordvec_size, hidden_size, num_layers, tied; "
+        "the normalizer the weights name ({name: ptb | plain, lowercase}).",
         examples=[{"architecture": "lstm", "vocab_size": 10000, "hidden_size": 650}],
     )
     weights: dict[str, Any] = Field(

@@ -42,9 +42,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             update_metrics(args.weights, metrics)
         _emit(args, metrics, "\n".join(f"{k}: {v:.2f}" for k, v in metrics.items()))
         return 0
-    r = evaluate_split(args.weights, args.data_dir, args.split, args.book_batching,
-                       progress=not args.quiet)
-    _emit(args, r, f"{args.split} perplexity {r['perplexity']:.2f} over {r['tokens']} tokens "
+    if args.file is not None:
+        from model.evaluate import evaluate_file
+
+        if args.per_line and args.book_batching:
+            raise ValueError("--per-line and --book-batching are exclusive")
+        r = evaluate_file(args.weights, Path(args.file), args.book_batching, args.per_line,
+                          progress=not args.quiet)
+        what = Path(args.file).name
+    else:
+        if args.per_line:
+            raise ValueError("--per-line needs --file")
+        r = evaluate_split(args.weights, args.data_dir, args.split, args.book_batching,
+                           progress=not args.quiet)
+        what = args.split
+    _emit(args, r, f"{what} perplexity {r['perplexity']:.2f} over {r['tokens']} tokens "
           f"({r['tokens_per_second']:.0f} tok/s)")
     return 0
 
@@ -57,7 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     w = load_weights(args.weights)
     model = InferenceModel.from_params(w.config, w.params)
-    tok = tokenize(args.prompt, w.vocab)
+    tok = tokenize(args.prompt, w.vocab, w.normalizer)
     prompt = [w.vocab.eos_id, *tok.ids]
     seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**63))
     params = SamplingParams(
@@ -133,6 +145,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir=Path(args.run_dir) if args.run_dir else None, resume=args.resume,
         init_from=args.init_from, max_minutes=args.max_minutes, dtype=args.dtype,
         final_eval=not args.no_final_eval, progress=not args.quiet,
+        train_file=Path(args.train_file) if args.train_file else None,
+        valid_file=Path(args.valid_file) if args.valid_file else None,
+        test_file=Path(args.test_file) if args.test_file else None,
+        normalizer=args.normalizer, lowercase=args.lowercase, vocab_size=args.vocab_size,
+        min_count=args.min_count,
     )
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
@@ -166,6 +183,17 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: Any) -> None:
                    help="dtype of the written weights")
     p.add_argument("--no-final-eval", action="store_true",
                    help="skip measuring the four metrics when the run finishes")
+    own = p.add_argument_group("a corpus of one's own (instead of PTB's --data-dir)")
+    own.add_argument("--train-file", default=None, help="UTF-8 text to train on, a line a text")
+    own.add_argument("--valid-file", default=None, help="UTF-8 text to validate on")
+    own.add_argument("--test-file", default=None, help="UTF-8 text for the final test metrics")
+    own.add_argument("--normalizer", choices=["plain", "ptb"], default=None,
+                     help="how text becomes tokens (default plain; stored in the weights)")
+    own.add_argument("--lowercase", action="store_true", help="plain: lower-case every token")
+    own.add_argument("--vocab-size", type=int, default=None,
+                     help="tokens in the vocabulary, <eos> and <unk> included (default 10000)")
+    own.add_argument("--min-count", type=int, default=None,
+                     help="instead of --vocab-size: every token seen at least this often")
     for f in fields(defaults):
         flag = "--" + f.name.replace("_", "-")
         book = getattr(defaults, f.name)
@@ -201,12 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="folder holding ptb.{train,valid,test}.txt "
                                  "(default: $RNNLM_DATA_DIR)")
 
-    sp = sub.add_parser("train", help="train a BetterRnnlm on PTB (book recipe by default)")
+    sp = sub.add_parser("train", help="train a BetterRnnlm on PTB or text files of one's own "
+                        "(the book's recipe by default)")
     common(sp)
     add_train_arguments(sp, TrainConfig())
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("evaluate", help="perplexity of a weights directory on a PTB split")
+    sp = sub.add_parser("evaluate", help="perplexity of a weights directory on a PTB split "
+                        "or a text file")
     common(sp)
     sp.add_argument("weights", help="weights directory")
     sp.add_argument("--split", choices=["train", "valid", "test"], default="test")
@@ -216,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the four metrics (valid/test x one stream/book batching)")
     sp.add_argument("--write-metrics", action="store_true",
                     help="with --all: store them in the weights' config.json")
+    sp.add_argument("--file", default=None,
+                    help="any UTF-8 text file instead of a PTB split, normalised as the "
+                    "weights say; one stream by default")
+    sp.add_argument("--per-line", action="store_true",
+                    help="with --file: every line scored as the API scores a text, aggregated")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("generate", help="generate text locally (sampling by default)")
@@ -276,9 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (WeightsError, CorpusError, OSError, ValueError) as e:
-        # Expected failures (missing files, bad weights, bad flags) get one clear line.
+        # Expected failures (missing or bad files, bad weights, bad flags) get one clear
+        # line and exit status 2, as argparse's own usage errors do.
         logger.error("%s", e)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

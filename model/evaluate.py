@@ -1,5 +1,6 @@
 """Perplexity of a model on a corpus (docs/design.md, scoring conventions): the trainer's
-validation, ``rnnlm evaluate`` and the four metrics a weights directory records."""
+validation, ``rnnlm evaluate`` (PTB splits and any text file, one stream or line by line)
+and the four metrics a weights directory records."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ from typing import Any
 import numpy as np
 
 from model.corpus import load_split, resolve_data_dir
-from model.inference import InferenceModel, corpus_logprobs
+from model.inference import InferenceModel, corpus_logprobs, score
+from model.normalize import Tokenizer
+from model.textfile import encode_file, lines_of
 from model.weights import LoadedWeights, load_weights
+
+# Texts scored in one batched forward by --per-line (sorted by length within a batch).
+PER_LINE_BATCH = 64
 
 # The book's eval_perplexity reads 10 rows of 35: it scores ((L - 1) // 350) * 350 targets.
 BOOK_ROWS, BOOK_BPTT = 10, 35
@@ -84,3 +90,61 @@ def all_metrics(
             r = score_ids(model, ids, split, book, progress)
             out[f"{split}_perplexity{suffix}"] = round(r["perplexity"], 4)
     return out
+
+
+def text_logprobs(model: InferenceModel, texts: list[list[int]], eos_id: int, eos: bool = True
+                  ) -> list[np.ndarray]:
+    """Each text's ids scored as the API scores a text: from a zero state fed <eos>, every
+    token predicted, and the closing <eos> unless eos is False (an empty text with it off
+    gives no log-probability)."""
+    out: list[np.ndarray] = [np.empty(0, np.float32)] * len(texts)
+    seqs = [[eos_id, *t, eos_id] if eos else [eos_id, *t] for t in texts]
+    order = sorted((i for i in range(len(seqs)) if len(seqs[i]) > 1), key=lambda i: len(seqs[i]))
+    for a in range(0, len(order), PER_LINE_BATCH):
+        rows = order[a : a + PER_LINE_BATCH]
+        lps, _ = score(model, [seqs[i][:-1] for i in rows], [seqs[i][1:] for i in rows])
+        for i, lp in zip(rows, lps, strict=True):
+            out[i] = lp
+    return out
+
+
+def evaluate_file(
+    weights_dir: str | Path, path: Path, book_batching: bool = False, per_line: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Perplexity of a weights directory on a text file, normalised as the weights say: one
+    stream of its lines (each line with tokens, then <eos>), or every line as a text."""
+    w = load_weights(weights_dir)
+    model = InferenceModel.from_params(w.config, w.params)
+    t0 = time.perf_counter()
+    if not per_line:
+        ids = encode_file(path, w.vocab, w.normalizer, what="evaluation", progress=progress)
+        r = score_ids(model, ids, path.name, book_batching, progress)
+        return {"weights": str(weights_dir), "file": str(path), "per_line": False, **r}
+    tokenizer = Tokenizer(w.vocab, w.normalizer)
+    log_prob, n, lines = 0.0, 0, 0
+    batch: list[list[int]] = []
+
+    def flush() -> None:
+        nonlocal log_prob, n
+        for lp in text_logprobs(model, batch, w.vocab.eos_id):
+            log_prob += float(lp.astype(np.float64).sum())
+            n += lp.size
+        batch.clear()
+
+    for line in lines_of(path, "evaluation"):
+        ids_line = tokenizer(line).ids
+        if ids_line:
+            batch.append(ids_line)
+            lines += 1
+            if len(batch) >= 16 * PER_LINE_BATCH:
+                flush()
+    flush()
+    if n == 0:
+        raise ValueError(f"{path}: no line has tokens after normalisation ({w.normalizer.name})")
+    seconds = time.perf_counter() - t0
+    return {
+        "weights": str(weights_dir), "file": str(path), "per_line": True, "lines": lines,
+        "book_batching": False, "perplexity": math.exp(-log_prob / n), "log_prob": log_prob,
+        "tokens": n, "seconds": seconds, "tokens_per_second": n / seconds if seconds else None,
+    }

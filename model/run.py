@@ -1,5 +1,6 @@
-"""A training run as ``rnnlm train`` drives it: start or resume, stop on a signal or budget,
-export the best-validation weights with their log and curve, then measure the final metrics."""
+"""A training run as ``rnnlm train`` drives it: read PTB or one's own text files, start or
+resume, stop on a signal or budget, export the best-validation weights with their log and
+curve, then measure the final metrics."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from typing import Any, Literal
 import numpy as np
 
 from model import run_state
-from model.corpus import PTB_SHA256, build_vocab, load_split, resolve_data_dir
-from model.evaluate import all_metrics
+from model.corpus import PTB_SHA256, CorpusError, build_vocab, load_split, resolve_data_dir
+from model.evaluate import all_metrics, score_ids
+from model.inference import InferenceModel
+from model.normalize import PTB, Normalizer
 from model.plot import plot_curve
 from model.rnnlm import BetterRnnlm
+from model.textfile import count_file, encode_file, oov_share
 from model.train import TrainConfig, Trainer, TrainState
-from model.vocab import Vocab
-from model.weights import load_weights, save_weights, update_metrics
+from model.vocab import Vocab, vocab_from_counts
+from model.weights import CONFIG_FILE, load_weights, save_weights, update_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,89 @@ class RunOptions:
     dtype: Literal["float16", "float32"] = "float32"
     final_eval: bool = True
     progress: bool = True
+    # a corpus of one's own instead of PTB (docs/design.md, "Training on a corpus of one's own")
+    train_file: Path | None = None
+    valid_file: Path | None = None
+    test_file: Path | None = None
+    normalizer: str | None = None  # plain for files, ptb for PTB
+    lowercase: bool = False
+    vocab_size: int | None = None
+    min_count: int | None = None
+
+
+@dataclass
+class RunData:
+    """The ids a run trains and validates on, with the vocabulary and normaliser they use."""
+
+    vocab: Vocab
+    normalizer: Normalizer
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray | None
+    files: dict[str, Any]  # what config.json's "training" records about the data
+
+
+def check_options(opts: RunOptions) -> None:
+    """Refuse contradictory flags and an --out that must not be replaced (ValueError)."""
+    files = (opts.train_file, opts.valid_file)
+    if any(files) and not all(files):
+        raise ValueError("--train-file and --valid-file go together")
+    if opts.test_file and not opts.train_file:
+        raise ValueError("--test-file needs --train-file and --valid-file")
+    if not opts.train_file and (opts.vocab_size is not None or opts.min_count is not None
+                                or opts.lowercase or opts.normalizer not in (None, "ptb")):
+        raise ValueError("--normalizer, --lowercase, --vocab-size and --min-count apply to "
+                         "--train-file; PTB keeps its own vocabulary and normaliser")
+    if opts.vocab_size is not None and opts.min_count is not None:
+        raise ValueError("--vocab-size and --min-count are exclusive: give one")
+    if opts.vocab_size is not None and opts.vocab_size < 3:
+        raise ValueError(f"--vocab-size must be at least 3 (<eos>, <unk>, a word): "
+                         f"{opts.vocab_size}")
+    if opts.min_count is not None and opts.min_count < 1:
+        raise ValueError(f"--min-count must be at least 1, got {opts.min_count}")
+    Normalizer(opts.normalizer or "plain", opts.lowercase)  # a bad name is a ValueError
+    out = opts.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: --out exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
+        raise ValueError(f"{out}: --out exists, is not empty and is not a weights directory "
+                         f"(no {CONFIG_FILE}); refusing to replace it")
+
+
+def load_data(opts: RunOptions, batch_size: int, bptt: int) -> RunData:
+    """PTB from --data-dir (the book's vocabulary order), or the user's files (streamed)."""
+    if opts.train_file is None or opts.valid_file is None:
+        data_dir = resolve_data_dir(opts.data_dir)
+        vocab = build_vocab(data_dir)
+        return RunData(vocab, PTB, load_split(data_dir, "train", vocab),
+                       load_split(data_dir, "valid", vocab), None,
+                       {"data_sha256": {k: PTB_SHA256[k] for k in ("train", "valid")}})
+    norm = Normalizer(opts.normalizer or "plain", opts.lowercase)
+    counts = count_file(opts.train_file, norm, "training", opts.progress)
+    vocab = vocab_from_counts(counts.words, opts.vocab_size, opts.min_count)
+    logger.info("%s: %d tokens in %d lines, %d distinct; vocabulary of %d", opts.train_file,
+                counts.tokens, counts.lines, len(counts.words), len(vocab))
+    train = encode_file(opts.train_file, vocab, norm, counts.tokens, "training", opts.progress)
+    if len(train) - 1 < batch_size * bptt:
+        raise CorpusError(f"{opts.train_file}: {len(train)} tokens, fewer than one batch "
+                          f"window ({batch_size} x {bptt} + 1)")
+    checked = {"valid": opts.valid_file, "test": opts.test_file}
+    ids: dict[str, np.ndarray] = {}
+    files = {"train": counts.info.to_dict()}
+    for what, path in checked.items():
+        if path is None:
+            continue
+        counted = count_file(path, norm, what)  # checks and hashes it
+        files[what] = counted.info.to_dict()
+        ids[what] = encode_file(path, vocab, norm, counted.tokens, what)
+        if len(ids[what]) - 1 < 350:  # the book's validation batching reads 10 x 35
+            raise CorpusError(f"{path}: {len(ids[what])} tokens, fewer than the 351 the "
+                              "book's 10 x 35 validation needs")
+        if oov_share(ids[what], vocab) == 1.0:
+            logger.warning("%s: every word of the %s file is outside the vocabulary (<unk>)",
+                           path, what)
+    return RunData(vocab, norm, train, ids["valid"], ids.get("test"),
+                   {"files": files, "vocab_size": len(vocab)})
 
 
 def state_dir(run_dir: Path) -> Path:
@@ -47,7 +134,7 @@ def state_dir(run_dir: Path) -> Path:
     return legacy if run_state.exists(legacy) else run_dir / "state"
 
 
-def export(trainer: Trainer, vocab: Vocab, opts: RunOptions, run_dir: Path,
+def export(trainer: Trainer, data: RunData, opts: RunOptions, run_dir: Path,
            finished: bool) -> None:
     """Write the best-validation parameters as a weights directory, with log and curve."""
     if trainer.best_params is None:
@@ -55,7 +142,7 @@ def export(trainer: Trainer, vocab: Vocab, opts: RunOptions, run_dir: Path,
     st, cfg = trainer.state, trainer.config
     training = {
         "hyperparameters": asdict(cfg),
-        "data_sha256": {k: PTB_SHA256[k] for k in ("train", "valid")},
+        **data.files,
         "epochs_done": st.epoch,
         "best_epoch": st.best_epoch,
         "best_valid_perplexity_book": st.best_valid_ppl,
@@ -65,8 +152,9 @@ def export(trainer: Trainer, vocab: Vocab, opts: RunOptions, run_dir: Path,
         "numpy": np.__version__,
     }
     out = opts.out
-    save_weights(out, trainer.model.config, trainer.best_params, vocab, dtype=opts.dtype,
-                 training=training, metrics={"valid_perplexity_book": st.best_valid_ppl})
+    save_weights(out, trainer.model.config, trainer.best_params, data.vocab, dtype=opts.dtype,
+                 training=training, metrics={"valid_perplexity_book": st.best_valid_ppl},
+                 normalizer=data.normalizer)
     log_src = run_dir / "train_log.jsonl"
     if log_src.exists():
         shutil.copyfile(log_src, out / "train_log.jsonl")
@@ -74,8 +162,24 @@ def export(trainer: Trainer, vocab: Vocab, opts: RunOptions, run_dir: Path,
         with contextlib.suppress(ImportError):
             plot_curve(out / "train_log.jsonl", out / "curve.png")
     if finished and opts.final_eval:
-        update_metrics(out, all_metrics(out, opts.data_dir, progress=opts.progress))
+        update_metrics(out, _final_metrics(out, data, opts))
     logger.info("wrote %s (%s)", out, "final" if finished else f"after epoch {st.epoch}")
+
+
+def _final_metrics(out: Path, data: RunData, opts: RunOptions) -> dict[str, float]:
+    """The four metrics of the written weights: PTB's splits, or the user's files."""
+    if opts.train_file is None:
+        return all_metrics(out, opts.data_dir, progress=opts.progress)
+    w = load_weights(out)
+    model = InferenceModel.from_params(w.config, w.params)
+    metrics: dict[str, float] = {}
+    for split, ids in (("valid", data.valid), ("test", data.test)):
+        if ids is None:
+            continue
+        for book, suffix in ((False, ""), (True, "_book")):
+            r = score_ids(model, ids, split, book, opts.progress)
+            metrics[f"{split}_perplexity{suffix}"] = round(r["perplexity"], 4)
+    return metrics
 
 
 def _from_weights(init_from: str | Path, given: dict[str, Any], train_ids: np.ndarray,
@@ -101,13 +205,14 @@ def _from_weights(init_from: str | Path, given: dict[str, Any], train_ids: np.nd
 
 def run_training(opts: RunOptions, given: dict[str, Any]) -> dict[str, Any]:
     """Start or resume a run (given: the TrainConfig fields set on the command line)."""
-    data_dir = resolve_data_dir(opts.data_dir)
+    check_options(opts)
+    data_dir = resolve_data_dir(opts.data_dir) if opts.train_file is None else None
+    cfg0 = TrainConfig.from_recipe(given)
+    data = load_data(opts, cfg0.batch_size, cfg0.bptt)  # a bad file stops here: nothing written
     run_dir = opts.run_dir or Path.home() / ".cache" / "rnnlm" / "runs" / opts.out.resolve().name
     run_dir.mkdir(parents=True, exist_ok=True)
     sdir, log_path = state_dir(run_dir), run_dir / "train_log.jsonl"
-    vocab = build_vocab(data_dir)
-    train_ids = load_split(data_dir, "train", vocab)
-    valid_ids = load_split(data_dir, "valid", vocab)
+    train_ids, valid_ids, vocab = data.train, data.valid, data.vocab
     if opts.resume and run_state.exists(sdir):
         trainer = Trainer.resume(sdir, train_ids, valid_ids, log_path, overrides=given)
         logger.info("resumed %s at epoch %d, iteration %d, lr %g", sdir,
@@ -138,13 +243,13 @@ def run_training(opts: RunOptions, given: dict[str, Any]) -> dict[str, Any]:
         finished = trainer.fit(
             max_minutes=opts.max_minutes, should_stop=lambda: stop["flag"],
             progress=opts.progress,
-            on_epoch_end=lambda t: export(t, vocab, opts, run_dir, False),
+            on_epoch_end=lambda t: export(t, data, opts, run_dir, False),
         )
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     if finished:
-        export(trainer, vocab, opts, run_dir, True)
+        export(trainer, data, opts, run_dir, True)
     st = trainer.state
     return {
         "status": "finished" if finished else "stopped",

@@ -88,6 +88,8 @@ async def info(
             **cfg.to_dict(),
             "eos": w.vocab.id_to_word[w.vocab.eos_id],
             "unk": w.vocab.id_to_word[w.vocab.unk_id],
+            # how the service turns text into this model's tokens (config.json, format 2)
+            "normalizer": w.normalizer.to_dict(),
         },
         weights={
             "name": w.path.name,
