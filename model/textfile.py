@@ -51,12 +51,17 @@ class Counts:
     info: FileInfo
 
 
-def _open(path: Path, what: str) -> Any:
-    """The file opened for binary reading, or a CorpusError naming it."""
+def _check(path: Path, what: str) -> None:
+    """A CorpusError naming the file unless it is a file."""
     if not path.exists():
         raise CorpusError(f"{path}: the {what} file does not exist")
     if path.is_dir():
         raise CorpusError(f"{path}: the {what} file is a directory")
+
+
+def _open(path: Path, what: str) -> Any:
+    """The file opened for binary reading, or a CorpusError naming it."""
+    _check(path, what)
     try:
         return path.open("rb")
     except OSError as e:
@@ -89,6 +94,7 @@ def lines_of(path: Path, what: str, hasher: Any = None, bar: Any = None) -> Iter
 def count_file(path: Path, normalizer: Normalizer, what: str = "training",
                progress: bool = False) -> Counts:
     """The count pass: the normaliser without a vocabulary, word counts, the file's sha256."""
+    _check(path, what)
     words: Counter[str] = Counter()
     tokens = lines = 0
     hasher = hashlib.sha256()
@@ -112,6 +118,7 @@ def encode_file(path: Path, vocab: Vocab, normalizer: Normalizer, size: int | No
     ``size`` (the count pass's ``tokens``) preallocates the array; without it the ids are
     gathered in chunks and joined once.
     """
+    _check(path, what)
     get, unk, eos = vocab.word_to_id.get, vocab.unk_id, vocab.eos_id
     out = np.empty(size, np.int32) if size is not None else None
     chunks: list[np.ndarray] = []

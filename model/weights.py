@@ -297,6 +297,7 @@ def load_weights(path: str | Path) -> LoadedWeights:
         config = ModelConfig.from_dict(model)
     except (TypeError, ValueError) as e:
         raise WeightsError(f'{config_path}: invalid "model": {e}') from e
+    normalizer = _read_normalizer(meta, config_path)
     dtype = meta.get("dtype")
     if dtype not in DTYPES:
         raise WeightsError(f"{config_path}: dtype {dtype!r} is not one of {DTYPES}")
@@ -338,7 +339,7 @@ def load_weights(path: str | Path) -> LoadedWeights:
     )
     return LoadedWeights(
         path=path, config=config, params=params, vocab=vocab, meta=meta, sha256=sha,
-        normalizer=_read_normalizer(meta, config_path),
+        normalizer=normalizer,
     )
 
 

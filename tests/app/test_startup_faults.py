@@ -149,7 +149,38 @@ def _book_pickle(tiny: Path, tmp: Path) -> Case:
     return Case(pkl, pkl, "import-book", marker)
 
 
+def _edit_normalizer(tiny: Path, tmp: Path, value: object) -> Case:
+    """A format-2 config.json whose "normalizer" is changed (or removed when value is None)."""
+    w = _copy(tiny, tmp / "w")
+    config = json.loads((w / CONFIG_FILE).read_text(encoding="utf-8"))
+    assert config["format_version"] == 2
+    if value is None:
+        del config["normalizer"]
+    else:
+        config["normalizer"] = value
+    (w / CONFIG_FILE).write_text(json.dumps(config), encoding="utf-8")
+    return Case(w, w / CONFIG_FILE, "normalizer", None)
+
+
+def _unknown_normalizer(tiny: Path, tmp: Path) -> Case:
+    """Format 2 naming a normaliser this version does not have."""
+    return _edit_normalizer(tiny, tmp, {"name": "icu", "lowercase": False})
+
+
+def _normalizer_field_missing(tiny: Path, tmp: Path) -> Case:
+    """Format 2 with a normaliser that lacks a field."""
+    return _edit_normalizer(tiny, tmp, {"name": "plain"})
+
+
+def _normalizer_missing(tiny: Path, tmp: Path) -> Case:
+    """Format 2 without its normaliser."""
+    return _edit_normalizer(tiny, tmp, None)
+
+
 CASES: dict[str, Callable[[Path, Path], Case]] = {
+    "unknown-normalizer": _unknown_normalizer,
+    "normalizer-field-missing": _normalizer_field_missing,
+    "normalizer-missing": _normalizer_missing,
     "missing": _missing,
     "truncated": _truncated,
     "truncated-consistent-checksum": _truncated_consistent,

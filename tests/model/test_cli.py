@@ -77,7 +77,7 @@ def test_import_book_refuses_code(
     pkl.write_bytes(pickle.dumps([np.zeros(3, dtype=np.float16), evil]))
     rc = main(["import-book", "rnnlm", str(pkl), "--out", str(tmp_path / "w"), "--data-dir",
                str(ptb_dir), "--quiet"])
-    assert rc == 1
+    assert rc == 2
     assert not marker.exists()
     assert not (tmp_path / "w").exists()
 
@@ -86,7 +86,7 @@ def test_evaluate_names_a_missing_weights_dir(
     tmp_path: Path, ptb_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rc = main(["evaluate", str(tmp_path / "nope"), "--data-dir", str(ptb_dir), "--quiet"])
-    assert rc == 1
+    assert rc == 2
     assert "nope" in caplog.text
 
 

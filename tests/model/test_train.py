@@ -170,5 +170,5 @@ def test_train_command_output_loads_in_evaluate(
     assert math.isfinite(ev["perplexity"]) and ev["perplexity"] < 10000
     # a second start without --resume refuses to overwrite the run
     assert main(["train", "--data-dir", str(ptb_dir), "--out", str(out), "--run-dir",
-                 str(tmp_path / "run"), "--quiet"]) == 1
+                 str(tmp_path / "run"), "--quiet"]) == 2
     _ = ModelConfig
