@@ -126,18 +126,31 @@ def bench_size(torch: Any, H: int, ids: np.ndarray, V: int, args: argparse.Names
                       ids, ids[:2], Path(tempfile.gettempdir()) / "rnnlm-bench-unused",
                       rng=np.random.default_rng(0))
     bx, bt = trainer.bx, trainer.bt  # (K, N, T): the book's batching of ids
+    # The awd recipe's training-only parts (locked, embedding and weight dropout, AR/TAR,
+    # weight decay) on the same windows: the randomised length is off so that the windows
+    # match; its share of a step is what the recipe adds.
+    awd_tc = replace(TrainConfig.from_recipe({"recipe": "awd"}), wordvec_size=H, hidden_size=H,
+                     batch_size=N, bptt=T, bptt_random=False)
+    awd = Trainer(BetterRnnlm(cfg, {k: v.copy() for k, v in params.items()}), awd_tc, ids,
+                  ids[:2], Path(tempfile.gettempdir()) / "rnnlm-bench-unused",
+                  rng=np.random.default_rng(0))
     check_same(torch, cfg, bx, bt, tc.lr, tc.clip)
     tm = build_torch_lm(cfg, params, dropout=tc.dropout).train()
     torch_step = torch_step_fn(torch, tm, V, tc.lr, tc.clip)
     tx = [torch.from_numpy(np.ascontiguousarray(a.T)).long() for a in bx]  # (T, N)
     tt = [torch.from_numpy(np.ascontiguousarray(a.T)).long() for a in bt]
-    it = {"numpy": 0, "torch": 0}
+    it = {"numpy": 0, "torch": 0, "awd": 0}
     tstate: dict[str, Any] = {"s": None}
 
     def numpy_fn() -> float:
         i = it["numpy"] % len(bx)
         it["numpy"] += 1
         return trainer.train_step(bx[i], bt[i])
+
+    def awd_fn() -> float:
+        i = it["awd"] % len(bx)
+        it["awd"] += 1
+        return awd.train_step(bx[i], bt[i])
 
     def torch_fn() -> float:
         i = it["torch"] % len(tx)
@@ -147,9 +160,11 @@ def bench_size(torch: Any, H: int, ids: np.ndarray, V: int, args: argparse.Names
 
     rounds = args.rounds or (2 if args.smoke else 6)
     reps = args.reps or (1 if args.smoke else 3)
-    timings = interleave({"numpy": numpy_fn, "torch": torch_fn}, rounds, reps,
+    timings = interleave({"numpy": numpy_fn, "torch": torch_fn, "awd": awd_fn}, rounds, reps,
                          pause=pause_of(args))
     tn, tt_ = timings["numpy"], timings["torch"]
+    ta = timings["awd"]
+    awd_cost = Ratio.of(tn, ta)  # the awd step's time over the book's: at most 1.15
     r = Ratio.of(tn, tt_)
     tokens = N * T
     target = None if args.smoke else TARGETS.get(H)
@@ -161,7 +176,11 @@ def bench_size(torch: Any, H: int, ids: np.ndarray, V: int, args: argparse.Names
         [[f"2x{H}", rate(tn, tokens), rate(tt_, tokens), str(r), verdict(r.value, target),
           f"{EPOCH_TOKENS * tn.median / tokens:.0f} s / "
           f"{EPOCH_TOKENS * tt_.median / tokens:.0f} s"]])
+    print(f"awd recipe's training-only layers: {rate(ta, tokens)} tok/s, a step takes "
+          f"{awd_cost} of the book recipe's (target at most 1.15x: "
+          f"{'ok' if awd_cost.value <= 1.15 else 'MISS'})")
     return {
+        "awd_tok_s": round(tokens / ta.median, 1), "awd_step_ratio": round(awd_cost.value, 3),
         "window": [N, T], "numpy_tok_s": round(tokens / tn.median, 1),
         "torch_tok_s": round(tokens / tt_.median, 1), "numpy_step_s": round(tn.median, 4),
         "torch_step_s": round(tt_.median, 4), "ratio": round(r.value, 3),

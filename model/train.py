@@ -143,7 +143,8 @@ class TrainConfig:
 RECIPES: dict[str, dict[str, Any]] = {
     "book": {},
     "awd": {
-        "bptt": 70, "lr": 30.0, "lr_schedule": "constant", "epochs": 150, "dropout": 0.4,
+        # 90 epochs: about 15 hours of 2 x 650 steps on this 2-core machine (bench/README.md)
+        "bptt": 70, "lr": 30.0, "lr_schedule": "constant", "epochs": 90, "dropout": 0.4,
         "dropout_embedding": 0.1, "dropout_input": 0.4, "dropout_hidden": 0.25,
         "dropout_output": 0.4, "weight_drop": 0.5, "ar_alpha": 2.0, "tar_beta": 1.0,
         "weight_decay": 1.2e-6, "bptt_random": True, "asgd_nonmono": 5,
