@@ -20,7 +20,7 @@ from app.errors import (
     overloaded_handler,
 )
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import generate, health, score
+from app.routes import generate, health, playground, score
 from app.routes.health import service_version
 from model.blas import warn_if_slow_kernel
 from model.weights import LoadedWeights, WeightsError, load_weights
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None, weights: LoadedWeights | None =
     app.include_router(generate.router)
     app.include_router(score.router)
     app.include_router(health.router)
+    app.include_router(playground.router)
     # The last added is outermost: metrics see every answer, the 413s included.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -438,6 +438,14 @@ class PerplexityRequest(_Request):
         "listing them.",
         examples=["unk"],
     )
+    top_k: int = Field(
+        default=0,
+        ge=0,
+        description="With return_tokens: also each token's rank in the model's distribution "
+        "at its position (1 = most likely) and the top_k most likely tokens there (at most "
+        "the /next-word top_k limit, 100 by default). 0: neither.",
+        examples=[0, 5],
+    )
 
 
 class TokenScore(BaseModel):
@@ -449,6 +457,25 @@ class TokenScore(BaseModel):
     id: int = Field(description="Its id.", examples=[220])
     logprob: float = Field(description="Natural-log probability.", examples=[-3.2])
     oov: bool = Field(description="True when the token is <unk>.", examples=[False])
+
+
+class Alternative(BaseModel):
+    """One of the most likely tokens at a position."""
+
+    model_config = _RESPONSE
+
+    token: str = Field(description="The vocabulary token.", examples=["market"])
+    id: int = Field(description="Its id.", examples=[220])
+    logprob: float = Field(description="Natural-log probability at that position.",
+                           examples=[-0.7])
+
+
+class TokenDetail(TokenScore):
+    """One predicted token with its rank and the alternatives at its position (top_k > 0)."""
+
+    rank: int = Field(description="1 + the number of tokens the model found more likely.",
+                      examples=[3])
+    top: list[Alternative] = Field(description="The top_k most likely tokens, best first.")
 
 
 class TextScore(BaseModel):
@@ -471,9 +498,10 @@ class TextScore(BaseModel):
         description="Perplexity without the <unk> predictions; null when none is left.",
         examples=[180.5],
     )
-    tokens: list[TokenScore] | None = Field(
+    tokens: list[TokenDetail | TokenScore] | None = Field(
         default=None,
-        description="Per-token log-probabilities, with return_tokens.",
+        description="Per-token log-probabilities, with return_tokens (and with top_k, each "
+        "token's rank and alternatives).",
         examples=[[{"token": "prices", "id": 310, "logprob": -7.2, "oov": False}]],
     )
 

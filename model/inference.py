@@ -26,6 +26,7 @@ __all__ = [
     "generate",
     "next_logprobs",
     "score",
+    "score_details",
     "step",
 ]
 
@@ -299,6 +300,46 @@ def score(
     lp = np.empty(ids.shape, dtype=np.float32)  # (N, T)
     lp[p.rows, p.times] = _project_logprobs(model, x, tgt[p.rows, p.times])
     return [lp[n, : lengths[n]] for n in range(N)], new_state
+
+
+@dataclass(frozen=True, eq=False)
+class TokenDetails:
+    """Per predicted position of one text: log P(target), its rank and the top k ids."""
+
+    logprobs: np.ndarray  # (T,) float32
+    ranks: np.ndarray  # (T,) 1 = the most likely token
+    top_ids: np.ndarray  # (T, k), best first
+    top_logprobs: np.ndarray  # (T, k)
+
+
+def score_details(model: InferenceModel, seq: Sequence[int], k: int) -> TokenDetails:
+    """Score seq[1:] from a zero state fed seq[:-1], with each target's rank in the full
+    distribution (1 + the tokens strictly more likely) and the k most likely tokens."""
+    ids = np.asarray(seq, dtype=np.int64)
+    hs, _ = run(model, ids[None, :-1])  # (T, 1, H)
+    h = hs[:, 0]  # (T, H)
+    targets = ids[1:]
+    T = len(targets)
+    k = max(0, min(k, model.out_b.shape[0]))
+    lp = np.empty(T, np.float32)
+    ranks = np.empty(T, np.int64)
+    top_ids = np.empty((T, k), np.int64)
+    top_lp = np.empty((T, k), np.float32)
+    for s in range(0, T, CHUNK_ROWS):
+        logits = _logits(model, h[s : s + CHUNK_ROWS], False)  # (m, V)
+        logp = logits - logsumexp(logits, axis=1)  # (m, V)
+        rows = np.arange(len(logp))
+        t = targets[s : s + CHUNK_ROWS]
+        picked = logp[rows, t]
+        lp[s : s + len(t)] = picked
+        ranks[s : s + len(t)] = 1 + (logp > picked[:, None]).sum(axis=1)
+        if k:
+            part = np.argpartition(-logp, k - 1, axis=1)[:, :k]  # (m, k), unordered
+            order = np.argsort(-np.take_along_axis(logp, part, axis=1), axis=1, kind="stable")
+            best = np.take_along_axis(part, order, axis=1)
+            top_ids[s : s + len(t)] = best
+            top_lp[s : s + len(t)] = np.take_along_axis(logp, best, axis=1)
+    return TokenDetails(lp, ranks, top_ids, top_lp)
 
 
 def next_logprobs(

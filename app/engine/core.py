@@ -36,7 +36,7 @@ from app.engine.scheduler import Scheduler
 from app.metrics import EngineMetrics
 from model.blas import transposed_decode_is_faster
 from model.functions import log_softmax
-from model.inference import InferenceModel, score, step
+from model.inference import InferenceModel, TokenDetails, score, score_details, step
 from model.normalize import Tokenizer
 from model.vocab import Vocab
 from model.weights import LoadedWeights
@@ -247,6 +247,24 @@ class Engine:
             out: list[np.ndarray] = await self._within_timeout(job.future, job)
         finally:
             self._sched.unstarted.discard(job)
+            self._release()
+        self._tokens_scored += sum(len(t) - 1 for t in texts)
+        return out
+
+    async def score_details(self, texts: list[list[int]], k: int) -> list[TokenDetails]:
+        """Log-probabilities of positions 1.. of each sequence, with each target's rank and
+        the k most likely tokens (a full distribution a position: not batched with others,
+        meant for short texts such as the playground's)."""
+        if any(len(t) < 2 for t in texts):
+            raise ValueError("each sequence needs a start token and at least one target")
+        job = Job("score")
+        await self._admit("score")
+        try:
+            assert self._executor is not None
+            fut = asyncio.get_running_loop().run_in_executor(
+                self._executor, lambda: [score_details(self.model, t, k) for t in texts])
+            out: list[TokenDetails] = await self._within_timeout(fut, job)
+        finally:
             self._release()
         self._tokens_scored += sum(len(t) - 1 for t in texts)
         return out

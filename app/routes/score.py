@@ -11,6 +11,7 @@ from app.deps import EngineDep, MetricsDep, SettingsDep, check_chars, tokenize_a
 from app.errors import ERROR_RESPONSES, validation_error
 from app.schemas import (
     Aggregate,
+    Alternative,
     NextWordRequest,
     NextWordResponse,
     PerplexityRequest,
@@ -18,10 +19,13 @@ from app.schemas import (
     Prediction,
     TargetScore,
     TextScore,
+    TokenDetail,
     TokenizeRequest,
     TokenizeResponse,
     TokenScore,
 )
+from model.inference import TokenDetails
+from model.vocab import Vocab
 
 router = APIRouter(tags=["scoring"])
 
@@ -90,12 +94,18 @@ async def perplexity(
             f"{settings.max_request_tokens}",
             "texts" if req.texts is not None else "text",
         )
-    lps = await engine.score(seqs)
+    if req.top_k and not req.return_tokens:
+        raise validation_error("top_k needs return_tokens: true", "top_k")
+    if req.top_k > settings.max_top_k:
+        raise validation_error(
+            f"top_k is {req.top_k}, more than the limit of {settings.max_top_k}", "top_k")
+    details = await engine.score_details(seqs, req.top_k) if req.top_k else None
+    lps = [d.logprobs for d in details] if details is not None else await engine.score(seqs)
 
     results: list[TextScore] = []
     sum_lp, sum_n, num_oov_total = 0.0, 0, 0
     unk = vocab.unk_id
-    for text, seq, lp in zip(texts, seqs, lps, strict=True):
+    for n_text, (text, seq, lp) in enumerate(zip(texts, seqs, lps, strict=True)):
         lp64 = lp.astype(np.float64)
         targets = np.asarray(seq[1:])
         is_oov = targets == unk
@@ -104,13 +114,15 @@ async def perplexity(
         n_oov = int(is_oov.sum())
         n_in = n - n_oov
         excl = math.exp(-float(lp64[~is_oov].sum()) / n_in) if n_in else None
-        tokens = None
+        tokens: list[TokenDetail | TokenScore] | None = None
         if req.return_tokens:
             words = vocab.decode(seq[1:])
             tokens = [
                 TokenScore(token=w, id=int(i), logprob=float(v), oov=bool(o))
                 for w, i, v, o in zip(words, seq[1:], lp64, is_oov, strict=True)
             ]
+            if details is not None:
+                tokens = _with_details(tokens, details[n_text], vocab)
         results.append(
             TextScore(
                 text=text,
@@ -134,6 +146,20 @@ async def perplexity(
             perplexity=math.exp(-sum_lp / sum_n), log_prob=sum_lp, num_tokens=sum_n
         ),
     )
+
+
+def _with_details(
+    tokens: list[TokenDetail | TokenScore], d: TokenDetails, vocab: Vocab
+) -> list[TokenDetail | TokenScore]:
+    """The tokens with each position's rank and alternatives."""
+    return [
+        TokenDetail(
+            **t.model_dump(), rank=int(d.ranks[j]),
+            top=[Alternative(token=vocab.id_to_word[int(i)], id=int(i), logprob=float(v))
+                 for i, v in zip(d.top_ids[j], d.top_logprobs[j], strict=True)],
+        )
+        for j, t in enumerate(tokens)
+    ]
 
 
 @router.post(

@@ -158,5 +158,8 @@ def test_coverage_phase(api_schema: schemathesis.BaseSchema, method: str, path: 
         response = case.call()
         statuses.add(response.status_code)
         case.validate_response(response, checks=CHECKS)
-    assert 405 in statuses  # the unexpected-method cases ran
+    # the unexpected-method cases ran: schemathesis makes them once a path, with the path's
+    # first operation (GET / before POST /)
+    if next(m for m, p in OPERATIONS if p == path) == method:
+        assert 405 in statuses, statuses
     assert any(200 <= s < 300 for s in statuses)

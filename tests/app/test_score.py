@@ -225,3 +225,30 @@ def test_tokenize(client: TestClient, tiny_loaded: LoadedWeights) -> None:
     assert "qqxyzzy" in body["oov_words"]
     assert body["num_tokens"] == len(words)
     assert post(client, "/tokenize", {"text": ""})["num_tokens"] == 0
+
+
+def test_top_k_gives_each_tokens_rank_and_the_alternatives(client: TestClient) -> None:
+    text = "the stock market fell"
+    plain = client.post("/perplexity", json={"text": text, "return_tokens": True}).json()
+    r = client.post("/perplexity", json={"text": text, "return_tokens": True, "top_k": 4})
+    assert r.status_code == 200, r.text
+    res, ref = r.json()["results"][0], plain["results"][0]
+    assert abs(res["log_prob"] - ref["log_prob"]) < 1e-4
+    words = [t["token"] for t in ref["tokens"]]
+    for j, t in enumerate(res["tokens"]):
+        # the alternatives at position j are /next-word's after the tokens before it
+        nw = client.post("/next-word", json={"context": " ".join(words[:j]), "top_k": 4}).json()
+        assert [a["id"] for a in t["top"]] == [p["id"] for p in nw["predictions"]]
+        for a, p in zip(t["top"], nw["predictions"], strict=True):
+            assert abs(a["logprob"] - p["logprob"]) < 1e-4
+        # rank 1 + the tokens more likely than the target
+        assert t["rank"] >= 1 and (t["rank"] == 1) == (t["id"] == t["top"][0]["id"])
+        assert abs(t["logprob"] - ref["tokens"][j]["logprob"]) < 1e-4
+    assert "rank" not in ref["tokens"][0]  # only asked for
+
+
+def test_top_k_limits(client: TestClient) -> None:
+    r = client.post("/perplexity", json={"text": "a b", "top_k": 3})
+    assert r.status_code == 422 and r.json()["param"] == "top_k"
+    r = client.post("/perplexity", json={"text": "a b", "return_tokens": True, "top_k": 101})
+    assert r.status_code == 422 and "limit of 100" in r.json()["error"]
