@@ -475,7 +475,10 @@ class TokenDetail(TokenScore):
 
     rank: int = Field(description="1 + the number of tokens the model found more likely.",
                       examples=[3])
-    top: list[Alternative] = Field(description="The top_k most likely tokens, best first.")
+    top: list[Alternative] = Field(
+        description="The top_k most likely tokens, best first.",
+        examples=[[{"token": "market", "id": 392, "logprob": -0.68}]],
+    )
 
 
 class TextScore(BaseModel):

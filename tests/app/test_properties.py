@@ -34,8 +34,8 @@ from model.inference import (
     next_logprobs,
     score,
 )
-from model.rnnlm import ModelConfig, init_params
 from model.normalize import tokenize
+from model.rnnlm import ModelConfig, init_params
 from model.weights import LoadedWeights
 
 SCALE = int(os.environ.get("RNNLM_FUZZ_EXAMPLES", "50")) / 50
