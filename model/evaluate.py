@@ -148,3 +148,25 @@ def evaluate_file(
         "book_batching": False, "perplexity": math.exp(-log_prob / n), "log_prob": log_prob,
         "tokens": n, "seconds": seconds, "tokens_per_second": n / seconds if seconds else None,
     }
+
+
+LN10 = math.log(10.0)
+
+
+def text_result(seq: list[int], lp: np.ndarray, unk_id: int) -> dict[str, Any]:
+    """A scored text's numbers as /perplexity and rnnlm score give them (docs/design.md):
+    seq is [<eos>, tokens..., <eos>?], lp the log-probabilities of seq[1:]."""
+    lp64 = lp.astype(np.float64)
+    is_oov = np.asarray(seq[1:], dtype=np.int64) == unk_id
+    log_prob = float(lp64.sum())
+    n = int(lp64.size)
+    n_oov = int(is_oov.sum())
+    n_in = n - n_oov
+    return {
+        "perplexity": math.exp(-log_prob / n) if n else None,
+        "log_prob": log_prob,
+        "log10_prob": log_prob / LN10,
+        "num_tokens": n,
+        "num_oov": n_oov,
+        "perplexity_excl_oov": math.exp(-float(lp64[~is_oov].sum()) / n_in) if n_in else None,
+    }

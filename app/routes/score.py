@@ -24,6 +24,7 @@ from app.schemas import (
     TokenizeResponse,
     TokenScore,
 )
+from model.evaluate import text_result
 from model.inference import TokenDetails
 from model.vocab import Vocab
 
@@ -106,35 +107,18 @@ async def perplexity(
     sum_lp, sum_n, num_oov_total = 0.0, 0, 0
     unk = vocab.unk_id
     for n_text, (text, seq, lp) in enumerate(zip(texts, seqs, lps, strict=True)):
-        lp64 = lp.astype(np.float64)
-        targets = np.asarray(seq[1:])
-        is_oov = targets == unk
-        log_prob = float(lp64.sum())
-        n = int(lp64.size)
-        n_oov = int(is_oov.sum())
-        n_in = n - n_oov
-        excl = math.exp(-float(lp64[~is_oov].sum()) / n_in) if n_in else None
+        numbers = text_result(seq, lp, unk)  # the arithmetic rnnlm score shares
         tokens: list[TokenDetail | TokenScore] | None = None
         if req.return_tokens:
             words = vocab.decode(seq[1:])
             tokens = [
-                TokenScore(token=w, id=int(i), logprob=float(v), oov=bool(o))
-                for w, i, v, o in zip(words, seq[1:], lp64, is_oov, strict=True)
+                TokenScore(token=w, id=int(i), logprob=float(v), oov=i == unk)
+                for w, i, v in zip(words, seq[1:], lp.astype(np.float64), strict=True)
             ]
             if details is not None:
                 tokens = _with_details(tokens, details[n_text], vocab)
-        results.append(
-            TextScore(
-                text=text,
-                perplexity=math.exp(-log_prob / n),
-                log_prob=log_prob,
-                log10_prob=log_prob / LN10,
-                num_tokens=n,
-                num_oov=n_oov,
-                perplexity_excl_oov=excl,
-                tokens=tokens,
-            )
-        )
+        results.append(TextScore(text=text, **numbers, tokens=tokens))
+        log_prob, n, n_oov = numbers["log_prob"], numbers["num_tokens"], numbers["num_oov"]
         sum_lp += log_prob
         sum_n += n
         num_oov_total += n_oov
