@@ -26,8 +26,10 @@ BOOK_ROWS, BOOK_BPTT = 10, 35
 
 
 def book_perplexity(model: InferenceModel, ids: np.ndarray) -> float:
-    """Perplexity with the book's eval_perplexity batching (the trainer's validation)."""
-    lp = corpus_logprobs(model, ids, book_batching=True)
+    """The trainer's validation: the book's eval_perplexity batching, or one stream for a
+    text shorter than its 10 x 35."""
+    book = len(ids) - 1 >= BOOK_ROWS * BOOK_BPTT
+    lp = corpus_logprobs(model, ids, book_batching=book)
     return float(np.exp(-lp.astype(np.float64).mean()))
 
 
@@ -83,10 +85,19 @@ def all_metrics(
 ) -> dict[str, float]:
     """The four metrics of config.json (weights and each split read once)."""
     w, model, data = _load(weights_dir, data_dir)
+    return split_metrics(model, {s: load_split(data, s, w.vocab) for s in ("valid", "test")},
+                         progress)
+
+
+def split_metrics(model: InferenceModel, splits: dict[str, np.ndarray], progress: bool = True
+                  ) -> dict[str, float]:
+    """<split>_perplexity (one stream) and <split>_perplexity_book of each split's ids; the
+    book figure is left out for a text shorter than its 10 x 35."""
     out: dict[str, float] = {}
-    for split in ("valid", "test"):
-        ids = load_split(data, split, w.vocab)
+    for split, ids in splits.items():
         for book, suffix in ((False, ""), (True, "_book")):
+            if book and len(ids) - 1 < BOOK_ROWS * BOOK_BPTT:
+                continue
             r = score_ids(model, ids, split, book, progress)
             out[f"{split}_perplexity{suffix}"] = round(r["perplexity"], 4)
     return out

@@ -17,14 +17,14 @@ import numpy as np
 
 from model import run_state
 from model.corpus import PTB_SHA256, CorpusError, build_vocab, load_split, resolve_data_dir
-from model.evaluate import BOOK_BPTT, BOOK_ROWS, all_metrics, score_ids
+from model.evaluate import all_metrics, split_metrics
 from model.inference import InferenceModel
 from model.normalize import PTB, Normalizer
 from model.plot import plot_curve
 from model.rnnlm import BetterRnnlm
 from model.textfile import count_file, encode_file, oov_share
 from model.train import TrainConfig, Trainer, TrainState
-from model.vocab import Vocab, vocab_from_counts
+from model.vocab import Vocab, check_vocab_limits, vocab_from_counts
 from model.weights import CONFIG_FILE, load_weights, save_weights, update_metrics
 
 logger = logging.getLogger(__name__)
@@ -76,13 +76,7 @@ def check_options(opts: RunOptions) -> None:
                                 or opts.lowercase or opts.normalizer not in (None, "ptb")):
         raise ValueError("--normalizer, --lowercase, --vocab-size and --min-count apply to "
                          "--train-file; PTB keeps its own vocabulary and normaliser")
-    if opts.vocab_size is not None and opts.min_count is not None:
-        raise ValueError("--vocab-size and --min-count are exclusive: give one")
-    if opts.vocab_size is not None and opts.vocab_size < 3:
-        raise ValueError(f"--vocab-size must be at least 3 (<eos>, <unk>, a word): "
-                         f"{opts.vocab_size}")
-    if opts.min_count is not None and opts.min_count < 1:
-        raise ValueError(f"--min-count must be at least 1, got {opts.min_count}")
+    check_vocab_limits(opts.vocab_size, opts.min_count)
     Normalizer(opts.normalizer or "plain", opts.lowercase)  # a bad name is a ValueError
     out = opts.out
     if out.exists() and not out.is_dir():
@@ -168,17 +162,8 @@ def _final_metrics(out: Path, data: RunData, opts: RunOptions) -> dict[str, floa
     if opts.train_file is None:
         return all_metrics(out, opts.data_dir, progress=opts.progress)
     w = load_weights(out)
-    model = InferenceModel.from_params(w.config, w.params)
-    metrics: dict[str, float] = {}
-    for split, ids in (("valid", data.valid), ("test", data.test)):
-        if ids is None:
-            continue
-        for book, suffix in ((False, ""), (True, "_book")):
-            if book and len(ids) - 1 < BOOK_ROWS * BOOK_BPTT:
-                continue  # too short for the book's 10 x 35: one stream only
-            r = score_ids(model, ids, split, book, opts.progress)
-            metrics[f"{split}_perplexity{suffix}"] = round(r["perplexity"], 4)
-    return metrics
+    splits = {"valid": data.valid, **({"test": data.test} if data.test is not None else {})}
+    return split_metrics(InferenceModel.from_params(w.config, w.params), splits, opts.progress)
 
 
 def _from_weights(init_from: str | Path, given: dict[str, Any], train_ids: np.ndarray,
@@ -205,9 +190,9 @@ def _from_weights(init_from: str | Path, given: dict[str, Any], train_ids: np.nd
 def run_training(opts: RunOptions, given: dict[str, Any]) -> dict[str, Any]:
     """Start or resume a run (given: the TrainConfig fields set on the command line)."""
     check_options(opts)
-    data_dir = resolve_data_dir(opts.data_dir) if opts.train_file is None else None
-    cfg0 = TrainConfig.from_recipe(given)
-    data = load_data(opts, cfg0.batch_size, cfg0.bptt)  # a bad file stops here: nothing written
+    new_config = TrainConfig.from_recipe(given)
+    # a bad file stops here, before anything is written
+    data = load_data(opts, new_config.batch_size, new_config.bptt)
     run_dir = opts.run_dir or Path.home() / ".cache" / "rnnlm" / "runs" / opts.out.resolve().name
     run_dir.mkdir(parents=True, exist_ok=True)
     sdir, log_path = state_dir(run_dir), run_dir / "train_log.jsonl"
@@ -223,13 +208,12 @@ def run_training(opts: RunOptions, given: dict[str, Any]) -> dict[str, Any]:
             logger.warning("no run state in %s: starting a new run", sdir)
         elif run_state.exists(sdir):
             raise ValueError(f"{sdir} holds a run state: pass --resume, or another --run-dir")
-        config = TrainConfig.from_recipe(given)
+        config = new_config
         rng = np.random.default_rng(config.seed)
         model = BetterRnnlm(config.model_config(len(vocab)), rng=rng)
         trainer = Trainer(model, config, train_ids, valid_ids, sdir, log_path, rng=rng)
         log_path.unlink(missing_ok=True)
     logger.info("run dir %s; config %s", run_dir, asdict(trainer.config))
-    opts = RunOptions(**{**asdict(opts), "data_dir": data_dir})
 
     stop = {"flag": False}
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from model.corpus import CorpusError
 from model.normalize import Normalizer
-from model.vocab import EOS, Vocab
+from model.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -157,20 +157,10 @@ def _flush(buf: list[int], out: np.ndarray | None, chunks: list[np.ndarray], n: 
     return n
 
 
-def file_info(path: Path) -> FileInfo:
-    """Name, size and sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return FileInfo(path.name, path.stat().st_size, h.hexdigest())
-
-
 def oov_share(ids: np.ndarray, vocab: Vocab) -> float:
     """The share of ids that are <unk> among those that are not <eos>."""
     words = ids[ids != vocab.eos_id]
     return float(np.mean(words == vocab.unk_id)) if words.size else 0.0
 
 
-__all__ = ["EOS", "Counts", "FileInfo", "count_file", "encode_file", "file_info", "lines_of",
-           "oov_share"]
+__all__ = ["Counts", "FileInfo", "count_file", "encode_file", "lines_of", "oov_share"]

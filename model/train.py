@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from model.evaluate import BOOK_BPTT, BOOK_ROWS, book_perplexity
-from model.inference import InferenceModel, corpus_logprobs
+from model.evaluate import book_perplexity
+from model.inference import InferenceModel
 from model.optim import (
     Averager,
     add_weight_decay,
@@ -347,11 +347,7 @@ class Trainer:
         """Validation perplexity with dropout off (book batching; one stream for a validation
         text shorter than its 10 x 35), of the average once NT-ASGD averages."""
         params = self.averager.mean if self.averager is not None else self.model.params
-        model = InferenceModel.from_params(self.model.config, params)
-        if len(self.valid_ids) - 1 < BOOK_ROWS * BOOK_BPTT:
-            lp = corpus_logprobs(model, self.valid_ids)
-            return float(np.exp(-lp.astype(np.float64).mean()))
-        return perplexity(model, self.valid_ids)
+        return perplexity(InferenceModel.from_params(self.model.config, params), self.valid_ids)
 
     def _end_epoch(self) -> None:
         """Validate, keep the best parameters, adjust the learning rate."""

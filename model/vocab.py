@@ -63,18 +63,23 @@ class Vocab:
         return cls(words)
 
 
-def vocab_from_counts(
-    counts: Mapping[str, int], vocab_size: int | None = None, min_count: int | None = None
-) -> Vocab:
-    """<eos> (id 0), <unk> (id 1), then the other tokens by descending count, ties broken by
-    first occurrence (``counts`` in first-occurrence order, as a Counter fills), until
-    vocab_size tokens in all, or every token seen at least min_count times."""
+def check_vocab_limits(vocab_size: int | None, min_count: int | None) -> None:
+    """ValueError unless at most one limit is given and it is usable."""
     if vocab_size is not None and min_count is not None:
         raise ValueError("--vocab-size and --min-count are exclusive: give one")
     if vocab_size is not None and vocab_size < 3:
         raise ValueError(f"--vocab-size must be at least 3 (<eos>, <unk>, a word): {vocab_size}")
     if min_count is not None and min_count < 1:
         raise ValueError(f"--min-count must be at least 1, got {min_count}")
+
+
+def vocab_from_counts(
+    counts: Mapping[str, int], vocab_size: int | None = None, min_count: int | None = None
+) -> Vocab:
+    """<eos> (id 0), <unk> (id 1), then the other tokens by descending count, ties broken by
+    first occurrence (``counts`` in first-occurrence order, as a Counter fills), until
+    vocab_size tokens in all, or every token seen at least min_count times."""
+    check_vocab_limits(vocab_size, min_count)
     order = {w: i for i, w in enumerate(counts)}
     ranked = sorted((w for w in counts if w not in (EOS, UNK)),
                     key=lambda w: (-counts[w], order[w]))

@@ -31,8 +31,6 @@ from model.vocab import Vocab
 router = APIRouter(tags=["scoring"])
 
 
-LN10 = math.log(10.0)
-
 
 def _shorten(word: str, n: int = 40) -> str:
     """A word for an error message, shortened."""
@@ -104,7 +102,7 @@ async def perplexity(
     lps = [d.logprobs for d in details] if details is not None else await engine.score(seqs)
 
     results: list[TextScore] = []
-    sum_lp, sum_n, num_oov_total = 0.0, 0, 0
+    sum_lp, sum_n = 0.0, 0
     unk = vocab.unk_id
     for n_text, (text, seq, lp) in enumerate(zip(texts, seqs, lps, strict=True)):
         numbers = text_result(seq, lp, unk)  # the arithmetic rnnlm score shares
@@ -118,10 +116,8 @@ async def perplexity(
             if details is not None:
                 tokens = _with_details(tokens, details[n_text], vocab)
         results.append(TextScore(text=text, **numbers, tokens=tokens))
-        log_prob, n, n_oov = numbers["log_prob"], numbers["num_tokens"], numbers["num_oov"]
-        sum_lp += log_prob
-        sum_n += n
-        num_oov_total += n_oov
+        sum_lp += numbers["log_prob"]
+        sum_n += numbers["num_tokens"]
     metrics.tokens_scored.inc(sum_n)
     metrics.oov_tokens.labels("/perplexity").inc(sum(len(t.oov_words) for t in toks))
     return PerplexityResponse(
