@@ -487,7 +487,11 @@ class TextScore(BaseModel):
     model_config = _RESPONSE
 
     text: str = Field(description="The text as sent.", examples=["the stock market fell"])
-    perplexity: float = Field(description="exp(-log_prob / num_tokens).", examples=[180.5])
+    perplexity: float | None = Field(
+        description="exp(-log_prob / num_tokens); null when num_tokens is 0 (a text without "
+        "tokens, with eos false).",
+        examples=[180.5],
+    )
     log_prob: float = Field(
         description="Natural-log probability of the text (sum over its tokens).",
         examples=[-25.98],
@@ -514,8 +518,9 @@ class Aggregate(BaseModel):
 
     model_config = _RESPONSE
 
-    perplexity: float = Field(
-        description="exp(-(sum of log_prob) / (sum of num_tokens)).", examples=[175.2]
+    perplexity: float | None = Field(
+        description="exp(-(sum of log_prob) / (sum of num_tokens)); null when num_tokens is 0.",
+        examples=[175.2],
     )
     log_prob: float = Field(description="Sum of the texts' log_prob.", examples=[-41.3])
     num_tokens: int = Field(description="Sum of the texts' num_tokens.", examples=[8])

@@ -1,5 +1,5 @@
-"""The ``rnnlm`` command, the one place that parses arguments: train, evaluate, generate,
-import-book, download-ptb, plot.
+"""The ``rnnlm`` command, the one place that parses arguments: train, evaluate, score,
+generate, import-book, download-ptb, plot.
 
 With ``--json`` a command prints one JSON object as the last line of stdout; logs and
 progress bars go to stderr.
@@ -58,6 +58,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         what = args.split
     _emit(args, r, f"{what} perplexity {r['perplexity']:.2f} over {r['tokens']} tokens "
           f"({r['tokens_per_second']:.0f} tok/s)")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """rnnlm score (see model.score_run and model.score_ray)."""
+    from model.scorer import ScoreOptions
+
+    opts = ScoreOptions(
+        format=args.format, field=args.field, eos=not args.no_eos,
+        return_tokens=args.return_tokens, keep_text=args.keep_text, on_error=args.on_error,
+    )
+    out = Path(args.out) if args.out else None
+    if args.json and out is None and args.out_dir is None:
+        raise ValueError("--json needs --out or --out-dir (standard output holds the scores)")
+    inputs = tuple(args.inputs) or ("-",)
+    if args.engine == "ray":
+        from model.score_ray import RayRun, run_ray
+
+        result = run_ray(RayRun(
+            weights=Path(args.weights), inputs=inputs, out=out,
+            out_dir=Path(args.out_dir) if args.out_dir else None, options=opts,
+            address=args.ray_address, actors=args.workers, progress=not args.quiet,
+        ))
+    else:
+        from model.score_run import ScoreRun, run_score
+
+        if args.out_dir is not None or args.ray_address is not None:
+            raise ValueError("--out-dir and --ray-address need --engine ray")
+        result = run_score(ScoreRun(
+            weights=Path(args.weights), inputs=inputs, out=out, options=opts,
+            workers=args.workers, resume=args.resume, progress=not args.quiet,
+            window=args.window,
+        ))
+    if args.json:
+        _emit(args, result, "")
+    if result.get("status") == "stopped":
+        return 130 if result.get("signal") == "SIGINT" else 143
     return 0
 
 
@@ -214,6 +251,7 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
+    from model.score_run import WINDOW_LINES
     from model.train import TrainConfig
 
     p = argparse.ArgumentParser(prog="rnnlm", description=__doc__.splitlines()[0])
@@ -252,6 +290,46 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--per-line", action="store_true",
                     help="with --file: every line scored as the API scores a text, aggregated")
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser(
+        "score", help="score texts in bulk: text or JSON lines in, one JSON line of "
+        "/perplexity's numbers out per input line, in input order",
+        description="Score every input line as POST /perplexity scores a text (the same "
+        "numbers), writing JSON lines in input order. Ctrl-C stops after the current window; "
+        "--resume continues an --out file after its last complete line.")
+    common(sp, data=False)
+    sp.add_argument("weights", help="weights directory")
+    sp.add_argument("inputs", nargs="*", metavar="INPUT",
+                    help="input files, read in order and numbered across (none or -: stdin)")
+    sp.add_argument("--format", choices=["text", "jsonl"], default="text",
+                    help="text: every line is a text; jsonl: every line is a JSON object "
+                    "whose --field holds the text (default text)")
+    sp.add_argument("--field", default="text", help="jsonl: the field holding the text "
+                    "(default text); the other fields are copied to the output")
+    sp.add_argument("--out", default=None, help="write here instead of standard output")
+    sp.add_argument("--resume", action="store_true",
+                    help="with --out: continue after its last complete line")
+    sp.add_argument("--return-tokens", action="store_true",
+                    help="add each token's log-probability (tokens: [{token, id, logprob, oov}])")
+    sp.add_argument("--no-eos", action="store_true",
+                    help="do not predict the closing <eos> (the API's \"eos\": false)")
+    sp.add_argument("--keep-text", action="store_true", help="copy the text into the output")
+    sp.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                    help="a line that cannot be read: stop (exit status 2, every earlier line "
+                    "written) or skip (write {line, error} and go on); default stop")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="processes scoring in parallel, one BLAS thread each (with --engine "
+                    "ray: actors); default 1, which uses every BLAS thread")
+    sp.add_argument("--window", type=int, default=WINDOW_LINES,
+                    help="input lines sorted by length, scored and written together (default "
+                    f"{WINDOW_LINES}); the unit Ctrl-C waits for and a worker takes")
+    sp.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local processes, or Ray Data (pip install 'rnnlm-service[ray]')")
+    sp.add_argument("--ray-address", default=None,
+                    help="with --engine ray: join this cluster (default: start a local Ray)")
+    sp.add_argument("--out-dir", default=None,
+                    help="with --engine ray: write part files here (each row with its line)")
+    sp.set_defaults(func=cmd_score)
 
     sp = sub.add_parser("generate", help="generate text locally (sampling by default)")
     common(sp, data=False)
@@ -299,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if args.command in ("train", "evaluate", "import-book"):
+    if args.command in ("train", "evaluate", "score", "import-book"):
         from model.blas import warn_if_slow_kernel
 
         warn_if_slow_kernel()

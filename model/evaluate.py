@@ -16,6 +16,7 @@ from model.corpus import load_split, resolve_data_dir
 from model.inference import InferenceModel, corpus_logprobs, score
 from model.normalize import Tokenizer
 from model.textfile import encode_file, lines_of
+from model.vocab import Vocab
 from model.weights import LoadedWeights, load_weights
 
 # Texts scored in one batched forward by --per-line (sorted by length within a batch).
@@ -181,3 +182,12 @@ def text_result(seq: list[int], lp: np.ndarray, unk_id: int) -> dict[str, Any]:
         "num_oov": n_oov,
         "perplexity_excl_oov": math.exp(-float(lp64[~is_oov].sum()) / n_in) if n_in else None,
     }
+
+
+def token_entries(seq: list[int], lp: np.ndarray, vocab: Vocab) -> list[dict[str, Any]]:
+    """Each predicted token of a scored text as /perplexity's return_tokens lists it."""
+    unk = vocab.unk_id
+    return [
+        {"token": w, "id": int(i), "logprob": float(v), "oov": i == unk}
+        for w, i, v in zip(vocab.decode(seq[1:]), seq[1:], lp.astype(np.float64), strict=True)
+    ]

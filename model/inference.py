@@ -316,11 +316,14 @@ def score_details(model: InferenceModel, seq: Sequence[int], k: int) -> TokenDet
     """Score seq[1:] from a zero state fed seq[:-1], with each target's rank in the full
     distribution (1 + the tokens strictly more likely) and the k most likely tokens."""
     ids = np.asarray(seq, dtype=np.int64)
+    k = max(0, min(k, model.out_b.shape[0]))
+    if len(ids) < 2:  # nothing to predict
+        return TokenDetails(np.empty(0, np.float32), np.empty(0, np.int64),
+                            np.empty((0, k), np.int64), np.empty((0, k), np.float32))
     hs, _ = run(model, ids[None, :-1])  # (T, 1, H)
     h = hs[:, 0]  # (T, H)
     targets = ids[1:]
     T = len(targets)
-    k = max(0, min(k, model.out_b.shape[0]))
     lp = np.empty(T, np.float32)
     ranks = np.empty(T, np.int64)
     top_ids = np.empty((T, k), np.int64)

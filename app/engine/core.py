@@ -230,9 +230,14 @@ class Engine:
         self._warmup = await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def score(self, texts: list[list[int]]) -> list[np.ndarray]:
-        """Log-probabilities of positions 1.. of each full id sequence ([eos, tokens..., eos?])."""
+        """Log-probabilities of positions 1.. of each full id sequence ([eos, tokens..., eos?]);
+        a sequence of the start token alone has none (an empty array)."""
+        if any(len(t) < 1 for t in texts):
+            raise ValueError("each sequence needs a start token")
         if any(len(t) < 2 for t in texts):
-            raise ValueError("each sequence needs a start token and at least one target")
+            some = [i for i, t in enumerate(texts) if len(t) >= 2]
+            scored = iter(await self.score([texts[i] for i in some]))
+            return [next(scored) if len(t) >= 2 else np.empty(0, np.float32) for t in texts]
         if not texts:
             return []
         job = ScoreJob("score", future=asyncio.get_running_loop().create_future())
@@ -255,8 +260,8 @@ class Engine:
         """Log-probabilities of positions 1.. of each sequence, with each target's rank and
         the k most likely tokens (a full distribution a position: not batched with others,
         meant for short texts such as the playground's)."""
-        if any(len(t) < 2 for t in texts):
-            raise ValueError("each sequence needs a start token and at least one target")
+        if any(len(t) < 1 for t in texts):
+            raise ValueError("each sequence needs a start token")
         job = Job("score")
         await self._admit("score")
         try:

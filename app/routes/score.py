@@ -24,7 +24,7 @@ from app.schemas import (
     TokenizeResponse,
     TokenScore,
 )
-from model.evaluate import text_result
+from model.evaluate import text_result, token_entries
 from model.inference import TokenDetails
 from model.vocab import Vocab
 
@@ -65,9 +65,6 @@ async def perplexity(
         check_chars(text, name, settings)
     vocab = engine.vocab
     toks = await tokenize_all(texts, engine.tokenizer)
-    for tok, name in zip(toks, names, strict=True):
-        if not tok.ids:
-            raise validation_error(f"{name} has no tokens after normalisation", name)
     if req.oov == "reject":
         bad = [
             (i, name, tok.oov_words)
@@ -108,11 +105,7 @@ async def perplexity(
         numbers = text_result(seq, lp, unk)  # the arithmetic rnnlm score shares
         tokens: list[TokenDetail | TokenScore] | None = None
         if req.return_tokens:
-            words = vocab.decode(seq[1:])
-            tokens = [
-                TokenScore(token=w, id=int(i), logprob=float(v), oov=i == unk)
-                for w, i, v in zip(words, seq[1:], lp.astype(np.float64), strict=True)
-            ]
+            tokens = [TokenScore(**t) for t in token_entries(seq, lp, vocab)]
             if details is not None:
                 tokens = _with_details(tokens, details[n_text], vocab)
         results.append(TextScore(text=text, **numbers, tokens=tokens))
@@ -123,7 +116,8 @@ async def perplexity(
     return PerplexityResponse(
         results=results,
         aggregate=Aggregate(
-            perplexity=math.exp(-sum_lp / sum_n), log_prob=sum_lp, num_tokens=sum_n
+            perplexity=math.exp(-sum_lp / sum_n) if sum_n else None, log_prob=sum_lp,
+            num_tokens=sum_n,
         ),
     )
 

@@ -138,6 +138,29 @@ def test_eos_false_drops_the_closing_eos(client: TestClient, tiny_loaded: Loaded
     assert b["log_prob"] == pytest.approx(want.sum(), abs=1e-4)
 
 
+def test_a_text_without_tokens_is_answered_as_kenlm_answers_it(
+    client: TestClient, tiny_loaded: LoadedWeights
+) -> None:
+    eos = tiny_loaded.vocab.eos_id
+    p_eos = naive_logprobs(tiny_loaded.params, tiny_loaded.config, [eos, eos])
+    body = post(client, "/perplexity",
+                {"texts": ["the market", "", "!!! ... ,", "\n\n"], "return_tokens": True})
+    for res in body["results"][1:]:  # only the closing <eos> is predicted
+        assert res["num_tokens"] == 1 and res["num_oov"] == 0
+        assert res["log_prob"] == pytest.approx(p_eos.sum(), abs=1e-4)
+        assert [t["token"] for t in res["tokens"]] == ["<eos>"]
+        check_consistent(res)
+    assert body["aggregate"]["num_tokens"] == 3 + 3 * 1
+    off = post(client, "/perplexity", {"texts": ["", " "], "eos": False, "return_tokens": True})
+    for res in off["results"]:  # nothing predicted at all
+        assert res["num_tokens"] == 0 and res["log_prob"] == 0.0 and res["tokens"] == []
+        assert res["perplexity"] is None and res["perplexity_excl_oov"] is None
+    assert off["aggregate"] == {"perplexity": None, "log_prob": 0.0, "num_tokens": 0}
+    top = post(client, "/perplexity", {"text": "", "eos": False, "return_tokens": True,
+                                       "top_k": 3})
+    assert top["results"][0]["tokens"] == []
+
+
 def test_oov_words_score_as_unk_and_can_be_excluded(client: TestClient) -> None:
     body = post(client, "/perplexity", {"text": "the qqxyzzy market", "return_tokens": True})
     res = body["results"][0]
