@@ -61,7 +61,7 @@ BENCH_VENV ?= .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q torch==2.13.0 threadpoolctl==3.8.0
-	$(BENCH_VENV)/bin/pip install -q -c constraints.txt -e .
+	$(BENCH_VENV)/bin/pip install -q -c constraints.txt -e '.[ray]'
 	touch $@
 
 bench: $(BENCH_VENV)/.installed $(VENV)/.installed-test

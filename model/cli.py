@@ -78,8 +78,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
         result = run_ray(RayRun(
             weights=Path(args.weights), inputs=inputs, out=out,
-            out_dir=Path(args.out_dir) if args.out_dir else None, options=opts,
-            address=args.ray_address, actors=args.workers, progress=not args.quiet,
+            out_dir=Path(args.out_dir) if args.out_dir else None, out_format=args.out_format,
+            options=opts, address=args.ray_address, actors=args.workers, resume=args.resume,
+            progress=not args.quiet, window=args.window,
         ))
     else:
         from model.score_run import ScoreRun, run_score
@@ -88,8 +89,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise ValueError("--out-dir and --ray-address need --engine ray")
         result = run_score(ScoreRun(
             weights=Path(args.weights), inputs=inputs, out=out, options=opts,
-            workers=args.workers, resume=args.resume, progress=not args.quiet,
-            window=args.window,
+            workers=1 if args.workers is None else args.workers, resume=args.resume,
+            progress=not args.quiet, window=args.window,
         ))
     if args.json:
         _emit(args, result, "")
@@ -317,9 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                     help="a line that cannot be read: stop (exit status 2, every earlier line "
                     "written) or skip (write {line, error} and go on); default stop")
-    sp.add_argument("--workers", type=int, default=1,
-                    help="processes scoring in parallel, one BLAS thread each (with --engine "
-                    "ray: actors); default 1, which uses every BLAS thread")
+    sp.add_argument("--workers", type=int, default=None,
+                    help="processes scoring in parallel, one BLAS thread each; default 1, "
+                    "which uses every BLAS thread (with --engine ray: the actors, default one "
+                    "per CPU of the cluster)")
     sp.add_argument("--window", type=int, default=WINDOW_LINES,
                     help="input lines sorted by length, scored and written together (default "
                     f"{WINDOW_LINES}); the unit Ctrl-C waits for and a worker takes")
@@ -329,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --engine ray: join this cluster (default: start a local Ray)")
     sp.add_argument("--out-dir", default=None,
                     help="with --engine ray: write part files here (each row with its line)")
+    sp.add_argument("--out-format", choices=["jsonl", "parquet"], default="jsonl",
+                    help="with --out-dir: the part files' format (default jsonl)")
     sp.set_defaults(func=cmd_score)
 
     sp = sub.add_parser("generate", help="generate text locally (sampling by default)")

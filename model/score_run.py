@@ -143,14 +143,14 @@ def _worker_score(lines: list[tuple[int, bytes]], opts: ScoreOptions) -> Chunk:
     return _worker_scorer.score_lines(lines, opts)
 
 
-class _Stopper:
+class Stopper:
     """SIGINT and SIGTERM set a flag, checked between windows; the old handlers come back."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> _Stopper:
+    def __enter__(self) -> Stopper:
         for s in (signal.SIGINT, signal.SIGTERM):
             self._old[s] = signal.signal(s, self._handle)
         return self
@@ -185,7 +185,7 @@ def _windows(run: ScoreRun, skip: int, names: dict[int, tuple[str, int]]
         yield window
 
 
-def _where(e: InputLineError, names: dict[int, tuple[str, int]]) -> str:
+def where(e: InputLineError, names: dict[int, tuple[str, int]]) -> str:
     """'FILE: line K' for an input line number (K counts within FILE)."""
     start = max(n for n in names if n <= e.line)
     name, before = names[start]
@@ -231,12 +231,12 @@ def run_score(run: ScoreRun) -> dict[str, Any]:
         bar.update(chunk.texts + chunk.errors)
         bar.set_postfix_str(f"{totals['tokens']:,} tokens, {totals['tokens'] / dt:,.0f} tok/s")
         if chunk.stop is not None:
-            failure = _where(chunk.stop, names)
+            failure = where(chunk.stop, names)
             return False
         return True
 
     try:
-        with _Stopper() as stopper:
+        with Stopper() as stopper:
             windows = _windows(run, skip, names)
             if scorer is not None:
                 for w in windows:

@@ -75,6 +75,10 @@ class InputLineError(ValueError):
         super().__init__(f"line {line}: {message}")
         self.line, self.message, self.fatal = line, message, fatal
 
+    def __reduce__(self) -> tuple[type[InputLineError], tuple[int, str, bool]]:
+        # Pickled as its fields, so that it survives a trip from a worker process.
+        return InputLineError, (self.line, self.message, self.fatal)
+
 
 @dataclass(frozen=True)
 class Parsed:

@@ -206,3 +206,20 @@ def test_a_signal_stops_after_the_window_and_resume_finishes(
     subprocess.run([*cmd, "--resume"], check=True, timeout=300, capture_output=True)
     rows = lines_of(out)
     assert [r["line"] for r in rows] == list(range(1, 1801))
+
+
+def test_the_docs_example_prints_what_it_shows() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scoring.md").read_text()
+    cmd = doc.split("```bash\n", 1)[1].split("```", 1)[0]
+    shown = doc.split("```text\n", 1)[1].split("```", 1)[0]
+    bindir = Path(sys.executable).parent
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2],
+                       env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(x) for x in r.stdout.splitlines()]
+    want = [json.loads(x) for x in shown.splitlines()]
+    assert [g.keys() for g in got] == [w.keys() for w in want]
+    for g, w in zip(got, want, strict=True):
+        for k, v in w.items():
+            assert g[k] == pytest.approx(v, abs=1e-4), k

@@ -1,0 +1,213 @@
+"""``rnnlm score`` end to end against PyTorch scoring the same sentences; workers, Ray, memory.
+
+Rows (one run, side by side; never a timed test):
+  e2e     ``run_score`` on PTB test sentences (read, normalise, score, write JSON lines) against
+          PyTorch scoring the same sentences, given as ids, with the same weights on its best
+          path: length-sorted batches of 128, nn.LSTM under inference_mode, only the real
+          positions projected. Also the share of our time spent outside the batched forward.
+  workers ``--workers 2`` (one BLAS thread each) against one worker with 2 BLAS threads.
+  ray     ``--engine ray`` (2 actors) against ``--workers 2`` on a larger input; Ray's start-up
+          and its fixed cost per run (a one-line input) reported apart.
+  memory  peak RSS of ``rnnlm score`` on a file and on ten times that file (flat is the goal).
+
+Run: .venv-bench/bin/python -m bench.score_file [--smoke] (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    CpuMonitor,
+    Ratio,
+    base_parser,
+    build_torch_lm,
+    find_data_dir,
+    finish,
+    interleave,
+    print_table,
+    rate,
+    start,
+    verdict,
+)
+from model import scorer as scorer_mod
+from model.score_run import ScoreRun, run_score
+from model.scorer import Scorer
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_E2E = 1.2  # ours / torch, tokens per second (the issue's)
+
+
+def torch_scorer(torch: Any, s: Scorer, texts: list[str]) -> tuple[Callable[[], float], int]:
+    """PyTorch's best path over the texts' ids: sorted batches of 128; -> (fn, tokens)."""
+    tm = build_torch_lm(s.weights.config, s.weights.params)
+    e = s.vocab.eos_id
+    seqs = sorted(([e, *s.tokenizer(t).ids, e] for t in texts), key=len)
+    batches = []
+    for a in range(0, len(seqs), 128):
+        rows = seqs[a : a + 128]
+        T = max(len(r) for r in rows) - 1
+        ids = np.zeros((T, len(rows)), np.int64)
+        tgt = np.zeros((T, len(rows)), np.int64)
+        for n, r in enumerate(rows):
+            ids[: len(r) - 1, n], tgt[: len(r) - 1, n] = r[:-1], r[1:]
+        valid = np.array([[t < len(r) - 1 for t in range(T)] for r in rows])  # (N, T)
+        batches.append((torch.from_numpy(ids), torch.from_numpy(valid),
+                        torch.from_numpy(np.ascontiguousarray(tgt.T[valid]))))
+
+    def fn() -> float:
+        total = 0.0
+        with torch.inference_mode():
+            for ids, valid, tgt in batches:
+                y, _ = tm(ids)  # (T, N, H)
+                h = y.transpose(0, 1)[valid]  # (M, H)
+                lp = torch.log_softmax(tm.out(h), dim=-1).gather(1, tgt[:, None])
+                total += float(lp.double().sum())
+        return total
+
+    return fn, sum(len(r) - 1 for r in seqs)
+
+
+def peak_rss_mib(cmd: list[str]) -> float:
+    """Peak resident memory of a command, in MiB (its own, from wait4)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{cmd} failed with status {status}")
+    return usage.ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__.splitlines()[0], "650")
+    p.add_argument("--weights", default=str(ROOT / "weights" / "ptb-650"))
+    p.add_argument("--lines", type=int, default=2000, help="PTB test sentences in e2e")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray row")
+    args = p.parse_args(argv)
+    torch, info = start("rnnlm score, end to end", args)
+    data = find_data_dir(args.data_dir)
+    if data is None:
+        print("PTB test is needed (../shared/data/ptb or --data-dir)")
+        return 2
+    weights = Path(args.weights if not args.smoke else ROOT / "weights" / "ptb-small")
+    lines = [x for x in (data / "ptb.test.txt").read_text().splitlines()]
+    n = 200 if args.smoke else args.lines
+    rounds = 1 if args.smoke else (args.rounds or 3)
+    monitor = CpuMonitor()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    small = tmp / "small.txt"
+    small.write_text("\n".join(lines[:n]) + "\n")
+    s = Scorer.load(weights)
+    results: dict[str, Any] = {}
+    rows = []
+
+    # e2e: numbers first, then the two interleaved.
+    t_fn, tokens = torch_scorer(torch, s, lines[:n])
+    ours_total = sum(r["log_prob"] for r in s.score(lines[:n]))
+    theirs_total = t_fn()
+    assert abs(ours_total - theirs_total) < 1e-5 * tokens, (ours_total, theirs_total)
+    out = tmp / "out.jsonl"
+
+    def ours() -> None:
+        run_score(ScoreRun(weights=weights, inputs=(str(small),), out=out, progress=False))
+
+    t = interleave({"ours": ours, "torch": t_fn}, rounds, 1, warmup=0 if args.smoke else 1,
+                   pause=0.1)
+    r = Ratio.of(t["ours"], t["torch"])
+    rows.append(["e2e", f"{tokens:,} tok", rate(t["ours"], tokens), rate(t["torch"], tokens),
+                 str(r), verdict(r.value, TARGET_E2E)])
+    # The share outside the forward: time Scorer.logprobs inside one run.
+    spent = [0.0]
+    inner = scorer_mod.Scorer.logprobs
+
+    def timed(self: Scorer, seqs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return inner(self, seqs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    scorer_mod.Scorer.logprobs = timed  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    ours()
+    whole = time.perf_counter() - t0
+    scorer_mod.Scorer.logprobs = inner  # type: ignore[method-assign]
+    outside = 1 - spent[0] / whole
+    results["e2e"] = {"tokens": tokens, "ours_s": t["ours"].median, "torch_s": t["torch"].median,
+                      "ratio": r.value, "lo": r.lo, "hi": r.hi, "outside_forward": outside}
+
+    # workers: 2 processes of 1 thread against 1 process of 2 threads, on 4x the sentences.
+    big = tmp / "big.txt"
+    big.write_text("\n".join(lines[:n] * (1 if args.smoke else 4)) + "\n")
+    big_tokens = tokens * (1 if args.smoke else 4)
+
+    def run_workers(k: int) -> Callable[[], None]:
+        return lambda: run_score(ScoreRun(weights=weights, inputs=(str(big),), out=out,
+                                          workers=k, progress=False))
+
+    t = interleave({"w2": run_workers(2), "w1": run_workers(1)}, max(1, rounds - 1), 1,
+                   warmup=0, pause=0.1)
+    r = Ratio.of(t["w2"], t["w1"])
+    rows.append(["workers 2 / 1", f"{big_tokens:,} tok", rate(t["w2"], big_tokens),
+                 rate(t["w1"], big_tokens), str(r), ""])
+    results["workers"] = {"tokens": big_tokens, "w2_s": t["w2"].median, "w1_s": t["w1"].median,
+                          "ratio": r.value}
+
+    if not args.no_ray:
+        import ray
+
+        from model.score_ray import RayRun, run_ray
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1"}})
+        ray_start = time.perf_counter() - t0
+        one = tmp / "one.txt"
+        one.write_text(lines[0] + "\n")
+        t0 = time.perf_counter()
+        run_ray(RayRun(weights=weights, inputs=(str(one),), out=tmp / "one.jsonl",
+                       actors=2, progress=False))
+        fixed = time.perf_counter() - t0
+
+        def run_ray_big() -> None:
+            run_ray(RayRun(weights=weights, inputs=(str(big),), out=out, actors=2,
+                           progress=False))
+
+        t = interleave({"ray": run_ray_big, "w2": run_workers(2)}, max(1, rounds - 1), 1,
+                       warmup=0, pause=0.1)
+        r = Ratio.of(t["ray"], t["w2"])
+        rows.append(["ray / workers 2", f"{big_tokens:,} tok", rate(t["ray"], big_tokens),
+                     rate(t["w2"], big_tokens), str(r),
+                     f"ray.init {ray_start:.1f} s, per run {fixed:.1f} s"])
+        results["ray"] = {"tokens": big_tokens, "ray_s": t["ray"].median, "w2_s": t["w2"].median,
+                          "ratio": r.value, "ray_init_s": ray_start, "per_run_fixed_s": fixed}
+        ray.shutdown()
+
+    # memory: one file and ten times it, each in its own process.
+    ten = tmp / "ten.txt"
+    ten.write_text("\n".join(lines[:n] * 10) + "\n")
+    cmd = [sys.executable, "-m", "model.cli", "score", str(weights), "--quiet", "--window",
+           "256", "--out", str(tmp / "mem.jsonl")]
+    m1 = peak_rss_mib([*cmd, str(small)])
+    m10 = peak_rss_mib([*cmd, str(ten)])
+    rows.append(["memory 10x / 1x", f"{n:,} / {10 * n:,} lines", f"{m10:.0f} MiB",
+                 f"{m1:.0f} MiB", f"{m10 / m1:.2f}x", "flat is 1.0x"])
+    results["memory"] = {"one_mib": m1, "ten_mib": m10, "ratio": m10 / m1}
+
+    print(f"weights {weights.name}; 'outside the forward' (reading, normalising, JSON, "
+          f"writing): {outside:.1%} of rnnlm score's time")
+    print_table(["row", "input", "ours (tok/s)", "peer (tok/s)", "ratio", "note"], rows)
+    finish("score_file", args, info, monitor, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
