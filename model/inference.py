@@ -34,6 +34,10 @@ __all__ = [
 # (40 MB at V = 10,000) whatever the request size.
 CHUNK_ROWS = 1024
 
+# The largest layer-0 input table (InferenceModel.x_table) built: 104 MB at V = 10,000 and
+# H = 650; a 100,000-word vocabulary goes without it.
+INPUT_TABLE_MAX_BYTES = 128 << 20
+
 
 def _fiog(H: int) -> np.ndarray:
     """Column order taking the book's gates [f, g, i, o] to [f, i, o, g]."""
@@ -70,6 +74,10 @@ class InferenceModel:
     out_b: np.ndarray  # (V,)
     # A decoding step, and the output projection of a sentence, compute W.T @ x.T (else x @ W)
     decode_transposed: bool = True
+    # (V, 4H): embed @ Wx of layer 0 plus its bias, every word's input projection computed
+    # once, so that scoring a window gathers rows instead of running that product (a quarter
+    # of the LSTM's arithmetic); None when it would take more than INPUT_TABLE_MAX_BYTES.
+    x_table: np.ndarray | None = None
 
     @classmethod
     def from_params(
@@ -78,6 +86,7 @@ class InferenceModel:
         params: Mapping[str, np.ndarray],
         *,
         decode_transposed: bool = True,
+        input_table: bool = True,
     ) -> InferenceModel:
         """Build from named parameters (docs/design.md naming); copies into float32."""
         # decode_transposed: the decoding step's layout (model.blas.transposed_decode_is_faster)
@@ -104,8 +113,13 @@ class InferenceModel:
         WxhT = tuple(frozen(W.T) for W in Wxh) if decode_transposed else ()
         b = tuple(frozen(params[f"lstm.{k}.b"][perm]) for k in range(config.num_layers))
         out_WT = embed if config.tied else frozen(params["affine.W"].T)
+        x_table = None
+        if input_table and config.vocab_size * 4 * config.hidden_size * 4 <= INPUT_TABLE_MAX_BYTES:
+            table = embed @ Wxh[0][: config.wordvec_size]  # (V, 4H)
+            table += b[0]
+            x_table = frozen(table)
         return cls(config, embed, Wxh, WxhT, b, out_WT, frozen(params["affine.b"]),
-                   decode_transposed)
+                   decode_transposed, x_table)
 
     @property
     def out_W(self) -> np.ndarray:
@@ -213,14 +227,19 @@ def _run_packed(
         state = model.zero_state(N)
     # Sorted copies, updated in place: a row that ends keeps its last state.
     h, c = state.h[:, p.order], state.c[:, p.order]  # (L, N, H)
-    x = model.embed[ids[p.rows, p.times]]  # (M, D)
+    packed_ids = ids[p.rows, p.times]  # (M,)
+    table = model.x_table
+    x = model.embed[packed_ids] if table is None else packed_ids  # (M, D); the ids with the table
     hWh = np.empty((N, 4 * H), dtype=np.float32)
     tc = np.empty((N, H), dtype=np.float32)
     gi = np.empty((N, H), dtype=np.float32)
     for k in range(model.num_layers):
         Wx, Wh = model._split(k)
-        A = _matmul(x, Wx)  # (M, 4H): every input projection of the layer in one product
-        A += model.b[k]
+        if k == 0 and table is not None:  # each position's row, bias included
+            A = table[packed_ids]  # (M, 4H), a copy
+        else:
+            A = _matmul(x, Wx)  # (M, 4H): every input projection of the layer in one product
+            A += model.b[k]
         out = np.empty((len(A), H), dtype=np.float32)
         hk, ck = h[k], c[k]
         for t in range(T):

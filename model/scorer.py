@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from model.evaluate import text_result, token_entries
-from model.inference import InferenceModel, score
+from model.inference import InferenceModel, LSTMState, next_logprobs, score
 from model.normalize import Tokenizer
 from model.weights import LoadedWeights, load_weights
 
@@ -152,21 +152,33 @@ class Scorer:
     def logprobs(self, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """log P(seq[t] | seq[:t]) for t >= 1 of each id sequence ([<eos>, tokens..., <eos>?])."""
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(seqs)
-        order = sorted((i for i in range(len(seqs)) if len(seqs[i]) > 1),
-                       key=lambda i: len(seqs[i]))
+        live = [i for i in range(len(seqs)) if len(seqs[i]) > 1]
+        if not live:
+            return out
+        # Every text starts from the zero state fed the same first token (<eos>): that step
+        # and the distribution after it are computed once for the whole chunk.
+        start = seqs[live[0]][0]
+        if any(seqs[i][0] != start for i in live):
+            raise ValueError("every sequence must begin with the same token (<eos>)")
+        first, state0 = next_logprobs(self.model, [[start]])  # (1, V), the state after it
+        for i in live:
+            out[i] = first[0, [seqs[i][1]]]
+        order = sorted((i for i in live if len(seqs[i]) > 2), key=lambda i: len(seqs[i]))
         batch: list[int] = []
 
         def flush() -> None:
-            lps, _ = score(self.model, [seqs[i][:-1] for i in batch],
-                           [seqs[i][1:] for i in batch])
+            n = len(batch)
+            state = LSTMState(np.repeat(state0.h, n, axis=1), np.repeat(state0.c, n, axis=1))
+            lps, _ = score(self.model, [seqs[i][1:-1] for i in batch],
+                           [seqs[i][2:] for i in batch], state)
             for i, lp in zip(batch, lps, strict=True):
-                out[i] = lp
+                out[i] = np.concatenate([out[i], lp])
             batch.clear()
 
         for i in order:
-            n = len(seqs[i]) - 1
+            n = len(seqs[i]) - 2
             if n > SEGMENT_TOKENS:
-                out[i] = self._long(seqs[i])
+                out[i] = np.concatenate([out[i], self._long(seqs[i][1:], state0)])
                 continue
             # Sorted by length, so n is the padded length of the batch with i in it.
             if batch and (len(batch) == BATCH_TEXTS or (len(batch) + 1) * n > BATCH_TOKENS):
@@ -176,9 +188,10 @@ class Scorer:
             flush()
         return out
 
-    def _long(self, seq: Sequence[int]) -> np.ndarray:
-        """One long sequence, SEGMENT_TOKENS positions at a time, the state carried over."""
-        parts, state = [], None
+    def _long(self, seq: Sequence[int], state: LSTMState) -> np.ndarray:
+        """One long sequence after state, SEGMENT_TOKENS positions at a time, the state
+        carried over."""
+        parts = []
         for a in range(0, len(seq) - 1, SEGMENT_TOKENS):
             b = min(a + SEGMENT_TOKENS, len(seq) - 1)
             (lp,), state = score(self.model, [seq[a:b]], [seq[a + 1 : b + 1]], state)

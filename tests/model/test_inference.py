@@ -182,6 +182,28 @@ def test_chunked_projection_matches_unchunked(model: InferenceModel, monkeypatch
     assert np.allclose(full[0], chunked[0], atol=1e-6)  # BLAS may sum in another order
 
 
+def test_input_table_equals_the_layer_zero_product(
+    trained_like: tuple[ModelConfig, dict[str, np.ndarray]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gathered rows of embed @ Wx + b give the scores the product gives; too large a
+    table is not built."""
+    import model.inference as inf
+
+    with_table = InferenceModel.from_params(*trained_like)
+    without = InferenceModel.from_params(*trained_like, input_table=False)
+    assert with_table.x_table is not None and without.x_table is None
+    assert not with_table.x_table.flags.writeable
+    rng = np.random.default_rng(9)
+    seqs = [list(rng.integers(0, V, n)) for n in (3, 17, 9)]
+    a, sa = score(with_table, [s[:-1] for s in seqs], [s[1:] for s in seqs])
+    b, sb = score(without, [s[:-1] for s in seqs], [s[1:] for s in seqs])
+    for x, y in zip(a, b, strict=True):
+        assert np.allclose(x, y, atol=1e-5)
+    assert np.allclose(sa.h, sb.h, atol=1e-5) and np.allclose(sa.c, sb.c, atol=1e-5)
+    monkeypatch.setattr(inf, "INPUT_TABLE_MAX_BYTES", V * 4 * trained_like[0].hidden_size * 4 - 1)
+    assert InferenceModel.from_params(*trained_like).x_table is None
+
+
 def test_model_is_read_only(model: InferenceModel) -> None:
     with pytest.raises(ValueError, match="read-only"):
         model.embed[0, 0] = 1.0

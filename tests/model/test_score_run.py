@@ -152,7 +152,8 @@ def test_resume_drops_a_partial_line_and_continues(tmp_path: Path, ptb_lines: li
     inp = tmp_path / "in.txt"
     inp.write_text("\n".join(ptb_lines[:60]) + "\n", encoding="utf-8")
     full = tmp_path / "full.jsonl"
-    assert main(["score", str(SMALL), str(inp), "--out", str(full), "--quiet"]) == 0
+    # the input after the flags is an input too
+    assert main(["score", str(SMALL), "--out", str(full), "--quiet", str(inp)]) == 0
     data = full.read_bytes()
     part = tmp_path / "part.jsonl"
     cut = data.index(b"\n", len(data) // 2) + 15  # 15 bytes into a line
@@ -222,4 +223,4 @@ def test_the_docs_example_prints_what_it_shows() -> None:
     assert [g.keys() for g in got] == [w.keys() for w in want]
     for g, w in zip(got, want, strict=True):
         for k, v in w.items():
-            assert g[k] == pytest.approx(v, abs=1e-4), k
+            assert g[k] == pytest.approx(v, rel=1e-6), k  # float32 sums differ by BLAS build
