@@ -176,10 +176,17 @@ class Client:
         )
         return result
 
-    def tokenize(self, text: str) -> dict[str, Any]:
-        """POST /tokenize."""
-        result: dict[str, Any] = self._request("POST", "/tokenize", {"text": text})
+    def tokenize(self, text: str, add_special_tokens: bool = False) -> dict[str, Any]:
+        """POST /tokenize: ids in "tokens", their strings in "token_strs"."""
+        result: dict[str, Any] = self._request(
+            "POST", "/tokenize", {"prompt": text, "add_special_tokens": add_special_tokens}
+        )
         return result
+
+    def detokenize(self, ids: list[int]) -> str:
+        """POST /detokenize: the ids as text."""
+        result: dict[str, Any] = self._request("POST", "/detokenize", {"tokens": ids})
+        return str(result["prompt"])
 
     def health(self) -> dict[str, Any]:
         """GET /health (readiness); raises RnnlmError 503 while loading or draining."""
@@ -271,10 +278,17 @@ class AsyncClient:
         )
         return result
 
-    async def tokenize(self, text: str) -> dict[str, Any]:
-        """POST /tokenize."""
-        result: dict[str, Any] = await self._request("POST", "/tokenize", {"text": text})
+    async def tokenize(self, text: str, add_special_tokens: bool = False) -> dict[str, Any]:
+        """POST /tokenize: ids in "tokens", their strings in "token_strs"."""
+        result: dict[str, Any] = await self._request(
+            "POST", "/tokenize", {"prompt": text, "add_special_tokens": add_special_tokens}
+        )
         return result
+
+    async def detokenize(self, ids: list[int]) -> str:
+        """POST /detokenize: the ids as text."""
+        result: dict[str, Any] = await self._request("POST", "/detokenize", {"tokens": ids})
+        return str(result["prompt"])
 
     async def health(self) -> dict[str, Any]:
         """GET /health (readiness)."""

@@ -93,6 +93,27 @@ def envelope(
     return {"error": message, "error_type": error_type, "param": param, "details": list(details)}
 
 
+# OpenAI's error types, for the answers under /v1/ (its clients raise by status and type).
+_OPENAI_TYPES: dict[str, str] = {
+    "validation": "invalid_request_error",
+    "payload_too_large": "invalid_request_error",
+    "unsupported_media_type": "invalid_request_error",
+    "not_found": "invalid_request_error",
+    "method_not_allowed": "invalid_request_error",
+    "overloaded": "rate_limit_error",
+    "unavailable": "service_unavailable",
+    "timeout": "timeout",
+    "internal": "internal_error",
+}
+OPENAI_PREFIX = "/v1/"
+
+
+def openai_envelope(message: str, error_type: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": _OPENAI_TYPES.get(error_type, error_type),
+                      "param": param, "code": error_type}}
+
+
 def error_response(
     status: int,
     message: str,
@@ -100,9 +121,15 @@ def error_response(
     param: str | None = None,
     details: Sequence[Any] = (),
     headers: Mapping[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
-    """A JSONResponse holding the envelope."""
+    """A JSONResponse holding the envelope; under /v1/ OpenAI's, with 400 for a 422 (as
+    vLLM answers an invalid request)."""
     kind = error_type or _STATUS_TYPES.get(status, "client_error" if status < 500 else "internal")
+    if path.startswith(OPENAI_PREFIX):
+        return JSONResponse(openai_envelope(message, kind, param),
+                            status_code=400 if status == 422 else status,
+                            headers=dict(headers or {}))
     return JSONResponse(
         envelope(message, kind, param, details), status_code=status, headers=dict(headers or {})
     )
@@ -182,7 +209,8 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     headers = {"Retry-After": "1"} if exc.status in (503, 429) else None
     return error_response(
-        exc.status, exc.message, exc.error_type, exc.param, exc.details, headers=headers
+        exc.status, exc.message, exc.error_type, exc.param, exc.details, headers=headers,
+        path=request.url.path,
     )
 
 
@@ -190,7 +218,7 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     """Pydantic request validation -> 422 naming the fields and why."""
     assert isinstance(exc, RequestValidationError)
     message, param, details = describe_validation_errors(exc.errors())
-    return error_response(422, message, "validation", param, details)
+    return error_response(422, message, "validation", param, details, path=request.url.path)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
@@ -212,7 +240,8 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
             "the body could not be parsed: it must be UTF-8 encoded JSON, nested less than "
             "1000 levels deep, with integers of at most 4300 digits"
         )
-    return error_response(status, message, headers=getattr(exc, "headers", None))
+    return error_response(status, message, headers=getattr(exc, "headers", None),
+                          path=request.url.path)
 
 
 async def overloaded_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -222,13 +251,14 @@ async def overloaded_handler(request: Request, exc: Exception) -> JSONResponse:
         f"the server is overloaded: {exc}; retry shortly",
         "overloaded",
         headers={"Retry-After": "1"},
+        path=request.url.path,
     )
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     """Anything unexpected -> 500 without a trace; the trace goes to the log."""
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal server error", "internal")
+    return error_response(500, "internal server error", "internal", path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -321,5 +351,6 @@ class BodyLimitMiddleware:
             f"request body is larger than the limit of {self.limit} bytes",
             "payload_too_large",
             headers={"Connection": "close"},
+            path=scope.get("path", ""),
         )
         await response(scope, receive, send)

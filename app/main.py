@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
@@ -14,13 +16,14 @@ from app.config import Settings
 from app.deps import ServiceState
 from app.engine import DrainingError, Engine, OverloadedError, RequestTimeoutError
 from app.errors import (
+    OPENAI_PREFIX,
     BodyLimitMiddleware,
     error_response,
     install_error_handlers,
     overloaded_handler,
 )
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import generate, health, playground, score
+from app.routes import completions, generate, health, playground, score, tokenizer
 from app.routes.health import service_version
 from model.blas import warn_if_slow_kernel
 from model.weights import LoadedWeights, WeightsError, load_weights
@@ -54,12 +57,13 @@ async def _draining_handler(request: Request, exc: Exception) -> JSONResponse:
         "unavailable",
         details=[{"phase": "draining"}],
         headers={"Retry-After": "1"},
+        path=request.url.path,
     )
 
 
 async def _timeout_handler(request: Request, exc: Exception) -> JSONResponse:
     """A request past request_timeout_s: 504 'timeout'."""
-    return error_response(504, str(exc), "timeout")
+    return error_response(504, str(exc), "timeout", path=request.url.path)
 
 
 def create_app(settings: Settings | None = None, weights: LoadedWeights | None = None) -> FastAPI:
@@ -128,9 +132,35 @@ def create_app(settings: Settings | None = None, weights: LoadedWeights | None =
     app.add_exception_handler(RequestTimeoutError, _timeout_handler)
     app.include_router(generate.router)
     app.include_router(score.router)
+    app.include_router(tokenizer.router)
+    app.include_router(completions.router)
     app.include_router(health.router)
     app.include_router(playground.router)
     # The last added is outermost: metrics see every answer, the 413s included.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    _openai_routes_answer_400(app)
     return app
+
+
+def _openai_routes_answer_400(app: FastAPI) -> None:
+    """The document of the /v1/ routes without FastAPI's default 422: they answer an invalid
+    request with 400 in OpenAI's envelope (app.errors.error_response)."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = base()
+        for path, ops in doc["paths"].items():
+            if path.startswith(OPENAI_PREFIX):
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)
+        schemas = doc.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" not in json.dumps(doc["paths"]):
+            schemas.pop("HTTPValidationError", None)
+            if "#/components/schemas/ValidationError" not in json.dumps(schemas):
+                schemas.pop("ValidationError", None)
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

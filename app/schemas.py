@@ -644,37 +644,104 @@ class NextWordResponse(BaseModel):
 
 
 class TokenizeRequest(_Request):
-    """A text to normalise and look up."""
+    """vLLM's tokenize body: a prompt, and whether to prepend <eos> as a string prompt is read
+    (this project's {"text"} stays accepted: the text's tokens, no <eos> added)."""
 
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"examples": [{"text": "The U.S. economy can't grow 3.5% a year."}]},
+        json_schema_extra={
+            "examples": [
+                {"prompt": "The U.S. economy can't grow 3.5% a year.", "add_special_tokens": True},
+                {"text": "The U.S. economy can't grow 3.5% a year."},
+            ]
+        },
     )
 
-    text: Text = Field(
-        description="Any text (at most 20,000 characters).",
+    prompt: Text | None = Field(
+        default=None,
+        description="Any text (at most 20,000 characters); give prompt or text, not both.",
         examples=["The U.S. economy can't grow 3.5% a year."],
+    )
+    text: Text | None = Field(
+        default=None, description="The same as prompt with add_special_tokens false.",
+        examples=["The U.S. economy"],
+    )
+    add_special_tokens: bool | None = Field(
+        default=None,
+        description="Prepend <eos>, the start a string prompt gets (default: true with "
+        "prompt, false with text).",
+        examples=[True],
+    )
+    model: str | None = Field(
+        default=None, description="The served model's id, or null.", examples=["ptb-650"]
     )
 
 
 class TokenizeResponse(BaseModel):
-    """What the normaliser makes of a text."""
+    """vLLM's tokenize answer, plus what the normaliser made of the text."""
 
     model_config = _RESPONSE
 
+    tokens: list[int] = Field(description="Token ids.", examples=[[24, 26]])
+    count: int = Field(description="len(tokens).", examples=[2])
+    max_model_len: int = Field(description="Tokens one request may hold.", examples=[8192])
+    token_strs: list[str] = Field(
+        description="The vocabulary token of each id (OOV words as <unk>).",
+        examples=[["the", "<unk>"]],
+    )
     words: list[str] = Field(
-        description="Normalised words before vocabulary lookup.", examples=[["the", "acme"]]
+        description="Normalised words before vocabulary lookup (<eos> for an added one).",
+        examples=[["the", "acme"]],
     )
-    tokens: list[str] = Field(
-        description="Vocabulary tokens (OOV words as <unk>).", examples=[["the", "<unk>"]]
-    )
-    ids: list[int] = Field(description="Token ids.", examples=[[24, 26]])
     oov: list[bool] = Field(
         description="Per token: outside the vocabulary.", examples=[[False, True]]
     )
     oov_words: list[str] = Field(description="The words read as <unk>.", examples=[["acme"]])
-    num_tokens: int = Field(description="len(tokens).", examples=[2])
+
+
+class DetokenizeRequest(_Request):
+    """Token ids to render as text."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(
+        fail_fast=True, description="Token ids (each below the vocabulary size).",
+        examples=[[24, 32, 760]],
+    )
+    model: str | None = Field(
+        default=None, description="The served model's id, or null.", examples=["ptb-650"]
+    )
+
+
+class DetokenizeResponse(BaseModel):
+    """The ids as text: words joined by spaces, <eos> a line end (a leading one dropped)."""
+
+    model_config = _RESPONSE
+
+    prompt: str = Field(description="The text.", examples=["the world"])
+
+
+class TokenizerInfoResponse(BaseModel):
+    """What lm-evaluation-harness's remote tokenizer asks for."""
+
+    model_config = _RESPONSE
+
+    tokenizer_class: str = Field(description="This project's normaliser.", examples=["ptb"])
+    eos_token: str = Field(description="The sentence boundary.", examples=["<eos>"])
+    eos_token_id: int = Field(description="Its id.", examples=[24])
+    bos_token: None = Field(
+        default=None, description="No separate start token (<eos> is).", examples=[None]
+    )
+    pad_token: None = Field(default=None, description="No padding token.", examples=[None])
+    unk_token: str = Field(description="Out-of-vocabulary words read as this.", examples=["<unk>"])
+    unk_token_id: int = Field(description="Its id.", examples=[26])
+    vocab_size: int = Field(description="Tokens in the vocabulary.", examples=[10000])
+    model_max_length: int = Field(description="Tokens one request may hold.", examples=[8192])
+    normalizer: dict[str, Any] = Field(
+        description="The weights' normaliser.", examples=[{"name": "ptb", "lowercase": False}]
+    )
+    chat_template: None = Field(default=None, description="No chat template.", examples=[None])
 
 
 # --- health and info --------------------------------------------------------------------------

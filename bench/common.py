@@ -321,9 +321,11 @@ def _cpu_ticks() -> tuple[int, int, int]:
 
 
 def _own_ticks() -> float:
-    """CPU time of this process (all threads), in /proc/stat ticks."""
+    """CPU time of this process (all threads) and of its children that ended (worker
+    processes, the commands a bench runs), in /proc/stat ticks. Ray's workers are the
+    raylet's children, so a Ray row still shows as other processes."""
     t = os.times()
-    return (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+    return (t.user + t.system + t.children_user + t.children_system) * os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -27,6 +27,7 @@ __all__ = [
     "next_logprobs",
     "score",
     "score_details",
+    "score_details_batch",
     "step",
 ]
 
@@ -117,7 +118,8 @@ class InferenceModel:
         if input_table and config.vocab_size * 4 * config.hidden_size * 4 <= INPUT_TABLE_MAX_BYTES:
             table = embed @ Wxh[0][: config.wordvec_size]  # (V, 4H)
             table += b[0]
-            x_table = frozen(table)
+            table.flags.writeable = False
+            x_table = table
         return cls(config, embed, Wxh, WxhT, b, out_WT, frozen(params["affine.b"]),
                    decode_transposed, x_table)
 
@@ -334,20 +336,29 @@ class TokenDetails:
 def score_details(model: InferenceModel, seq: Sequence[int], k: int) -> TokenDetails:
     """Score seq[1:] from a zero state fed seq[:-1], with each target's rank in the full
     distribution (1 + the tokens strictly more likely) and the k most likely tokens."""
-    ids = np.asarray(seq, dtype=np.int64)
+    return score_details_batch(model, [seq], k)[0]
+
+
+def score_details_batch(
+    model: InferenceModel, seqs: Sequence[Sequence[int]], k: int
+) -> list[TokenDetails]:
+    """score_details of each sequence, the texts run as one packed batch."""
     k = max(0, min(k, model.out_b.shape[0]))
-    if len(ids) < 2:  # nothing to predict
-        return TokenDetails(np.empty(0, np.float32), np.empty(0, np.int64),
-                            np.empty((0, k), np.int64), np.empty((0, k), np.float32))
-    hs, _ = run(model, ids[None, :-1])  # (T, 1, H)
-    h = hs[:, 0]  # (T, H)
-    targets = ids[1:]
-    T = len(targets)
-    lp = np.empty(T, np.float32)
-    ranks = np.empty(T, np.int64)
-    top_ids = np.empty((T, k), np.int64)
-    top_lp = np.empty((T, k), np.float32)
-    for s in range(0, T, CHUNK_ROWS):
+    out = [TokenDetails(np.empty(0, np.float32), np.empty(0, np.int64),
+                        np.empty((0, k), np.int64), np.empty((0, k), np.float32))] * len(seqs)
+    live = [i for i, q in enumerate(seqs) if len(q) >= 2]  # the others predict nothing
+    if not live:
+        return out
+    ids, lengths = _pad([seqs[i][:-1] for i in live])
+    h, _, p = _run_packed(model, ids, lengths, None)  # (M, H) in packed order
+    tgt, _ = _pad([seqs[i][1:] for i in live])
+    targets = tgt[p.rows, p.times]  # (M,)
+    M = len(targets)
+    lp = np.empty(M, np.float32)
+    ranks = np.empty(M, np.int64)
+    top_ids = np.empty((M, k), np.int64)
+    top_lp = np.empty((M, k), np.float32)
+    for s in range(0, M, CHUNK_ROWS):
         logits = _logits(model, h[s : s + CHUNK_ROWS], False)  # (m, V)
         logp = logits - logsumexp(logits, axis=1)  # (m, V)
         rows = np.arange(len(logp))
@@ -361,7 +372,13 @@ def score_details(model: InferenceModel, seq: Sequence[int], k: int) -> TokenDet
             best = np.take_along_axis(part, order, axis=1)
             top_ids[s : s + len(t)] = best
             top_lp[s : s + len(t)] = np.take_along_axis(logp, best, axis=1)
-    return TokenDetails(lp, ranks, top_ids, top_lp)
+    # Back from packed order to each text's positions.
+    where = np.empty(ids.shape, np.int64)  # (N, T): packed index of (row, time)
+    where[p.rows, p.times] = np.arange(M)
+    for n, i in enumerate(live):
+        j = where[n, : lengths[n]]
+        out[i] = TokenDetails(lp[j], ranks[j], top_ids[j], top_lp[j])
+    return out
 
 
 def next_logprobs(

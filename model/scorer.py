@@ -28,8 +28,8 @@ from model.normalize import Tokenizer
 from model.weights import LoadedWeights, load_weights
 
 # A batched forward: at most this many texts and this many padded positions (N * T).
-BATCH_TEXTS = 128
-BATCH_TOKENS = 8192
+BATCH_TEXTS = 64
+BATCH_TOKENS = 4096
 # A text with more predictions than this is scored alone, this many positions at a time.
 SEGMENT_TOKENS = 4096
 

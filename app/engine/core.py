@@ -36,7 +36,7 @@ from app.engine.scheduler import Scheduler
 from app.metrics import EngineMetrics
 from model.blas import transposed_decode_is_faster
 from model.functions import log_softmax
-from model.inference import InferenceModel, TokenDetails, score, score_details, step
+from model.inference import InferenceModel, TokenDetails, score, score_details_batch, step
 from model.normalize import Tokenizer
 from model.vocab import Vocab
 from model.weights import LoadedWeights
@@ -258,8 +258,8 @@ class Engine:
 
     async def score_details(self, texts: list[list[int]], k: int) -> list[TokenDetails]:
         """Log-probabilities of positions 1.. of each sequence, with each target's rank and
-        the k most likely tokens (a full distribution a position: not batched with others,
-        meant for short texts such as the playground's)."""
+        the k most likely tokens: the texts as one packed forward, not batched with other
+        requests (a full distribution is kept a position, CHUNK_ROWS at a time)."""
         if any(len(t) < 1 for t in texts):
             raise ValueError("each sequence needs a start token")
         job = Job("score")
@@ -267,7 +267,7 @@ class Engine:
         try:
             assert self._executor is not None
             fut = asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: [score_details(self.model, t, k) for t in texts])
+                self._executor, lambda: score_details_batch(self.model, texts, k))
             out: list[TokenDetails] = await self._within_timeout(fut, job)
         finally:
             self._release()

@@ -1,4 +1,4 @@
-"""POST /perplexity, /next-word and /tokenize."""
+"""POST /perplexity and /next-word."""
 
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ from app.schemas import (
     TargetScore,
     TextScore,
     TokenDetail,
-    TokenizeRequest,
-    TokenizeResponse,
     TokenScore,
 )
 from model.evaluate import text_result, token_entries
@@ -29,7 +27,6 @@ from model.inference import TokenDetails
 from model.vocab import Vocab
 
 router = APIRouter(tags=["scoring"])
-
 
 
 def _shorten(word: str, n: int = 40) -> str:
@@ -223,28 +220,4 @@ async def next_word(
         predictions=predictions,
         targets=scored,
         entropy_bits=max(entropy_bits, 0.0),
-    )
-
-
-@router.post(
-    "/tokenize",
-    response_model=TokenizeResponse,
-    responses=ERROR_RESPONSES,
-    summary="What the normaliser makes of a text: tokens, ids and OOV flags",
-)
-async def tokenize_text(
-    req: TokenizeRequest,
-    engine: EngineDep,
-    settings: SettingsDep,
-) -> TokenizeResponse:
-    """Normalise a text with the model's normaliser and look it up in the vocabulary."""
-    check_chars(req.text, "text", settings)
-    (tok,) = await tokenize_all([req.text], engine.tokenizer)
-    return TokenizeResponse(
-        words=tok.words,
-        tokens=tok.tokens,
-        ids=tok.ids,
-        oov=tok.oov,
-        oov_words=tok.oov_words,
-        num_tokens=len(tok.ids),
     )

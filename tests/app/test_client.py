@@ -25,7 +25,8 @@ def test_sync_client_over_a_test_client(client: TestClient) -> None:
     res = c.perplexity(["a", "the market"], return_tokens=True, eos=False)
     assert [r["num_tokens"] for r in res["results"]] == [1, 2]
     assert c.next_word("the", top_k=2, targets=["market"])["targets"][0]["in_vocab"]
-    assert c.tokenize("The")["tokens"] == ["the"]
+    assert c.tokenize("The")["token_strs"] == ["the"]
+    assert c.detokenize(c.tokenize("The market")["tokens"]) == "the market"
     assert c.health() == {"status": "ready"}
     assert c.info()["model"]["num_layers"] == 2
     c.close()  # does not close the TestClient it was given

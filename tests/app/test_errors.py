@@ -294,7 +294,12 @@ def test_body_size_limit_while_streaming_in(tiny_weights: Path) -> None:
 
 def test_not_found_and_method_not_allowed(client: TestClient) -> None:
     check_envelope(client.get("/nope"), 404, "not_found", says="/nope")
-    check_envelope(client.post("/v1/generate", json={}), 404, "not_found")
+    check_envelope(client.post("/x/generate", json={}), 404, "not_found")
+    # under /v1/ OpenAI's envelope, as its clients read it
+    r = client.post("/v1/generate", json={})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = client.get("/v1/completions")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
     check_envelope(client.get("/generate"), 405, "method_not_allowed", says="GET")
     check_envelope(client.put("/perplexity", json={}), 405, "method_not_allowed")
 

@@ -43,7 +43,7 @@ def test_live_server_with_the_client(live_server: str) -> None:
         assert c.perplexity("prices rose")["results"][0]["num_tokens"] == 3
         nw = c.next_word("the stock", top_k=3, targets=["market"])
         assert len(nw["predictions"]) == 3 and nw["targets"][0]["token"] == "market"
-        assert c.tokenize("The market")["tokens"] == ["the", "market"]
+        assert c.tokenize("The market")["token_strs"] == ["the", "market"]
         with pytest.raises(RnnlmError) as e:
             c.generate("the", temperature=0)
         assert e.value.status == 422 and e.value.error_type == "validation"
@@ -70,7 +70,7 @@ def test_live_server_with_the_async_client(live_server: str) -> None:
             assert events[-1]["generated_text"] == plain["generated_text"]
             assert (await c.perplexity(["a b"]))["results"][0]["num_tokens"] >= 2
             assert len((await c.next_word("a", top_k=2))["predictions"]) == 2
-            assert (await c.tokenize("a"))["num_tokens"] == 1
+            assert (await c.tokenize("a"))["count"] == 1
             with pytest.raises(RnnlmError) as e:
                 await c.perplexity([])
             assert e.value.status == 422

@@ -76,7 +76,7 @@ def test_tokenize_uses_the_weights_normaliser(client: TestClient) -> None:
     body = r.json()
     assert body["words"] == ["The", "clerk", "PAID", "order", "#4417,", "<eos>", "ok?",
                              "<eos>", "x"]
-    assert "PAID" in body["oov_words"] and body["tokens"][2] == "<unk>"
+    assert "PAID" in body["oov_words"] and body["token_strs"][2] == "<unk>"
 
 
 def test_info_shows_the_normaliser(client: TestClient) -> None:

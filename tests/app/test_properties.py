@@ -249,10 +249,10 @@ def test_tokenize_any_unicode(http: TestClient, tiny_loaded: LoadedWeights, text
     assert r.status_code == 200, r.text
     body = r.json()
     want = tokenize(as_received(text), tiny_loaded.vocab)
-    assert body["words"] == want.words and body["ids"] == want.ids
-    assert body["tokens"] == [tiny_loaded.vocab.id_to_word[i] for i in body["ids"]]
-    assert body["oov"] == [t == "<unk>" for t in body["tokens"]]
-    assert body["num_tokens"] == len(body["ids"])
+    assert body["words"] == want.words and body["tokens"] == want.ids
+    assert body["token_strs"] == [tiny_loaded.vocab.id_to_word[i] for i in body["tokens"]]
+    assert body["oov"] == [t == "<unk>" for t in body["token_strs"]]
+    assert body["count"] == len(body["tokens"])
 
 
 @examples(80)

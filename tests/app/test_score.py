@@ -80,7 +80,7 @@ def test_book_perplexity_agrees_on_normalised_user_text(
         if not case["tokens"]:
             continue
         tok = post(book_client, "/tokenize", {"text": case["input"]})
-        assert tok["tokens"] == case["tokens"]
+        assert tok["token_strs"] == case["tokens"]
         ids = [vocab.eos_id, *vocab.encode(case["tokens"]), vocab.eos_id]
         want = naive_logprobs(book_loaded.params, book_loaded.config, ids)
         assert res["log_prob"] == pytest.approx(want.sum(), abs=1e-4)
@@ -241,13 +241,13 @@ def test_tokenize(client: TestClient, tiny_loaded: LoadedWeights) -> None:
     body = post(client, "/tokenize", {"text": "The market can't qqxyzzy.\nNew"})
     words = ["the", "market", "ca", "n't", "qqxyzzy", "<eos>", "new"]
     assert body["words"] == words
-    assert body["tokens"] == [w if w in vocab else "<unk>" for w in words]
-    assert body["ids"] == vocab.encode(words)
+    assert body["token_strs"] == [w if w in vocab else "<unk>" for w in words]
+    assert body["tokens"] == vocab.encode(words)
     assert body["oov"] == [w not in vocab for w in words]
     assert body["oov_words"] == [w for w in words if w not in vocab]
     assert "qqxyzzy" in body["oov_words"]
-    assert body["num_tokens"] == len(words)
-    assert post(client, "/tokenize", {"text": ""})["num_tokens"] == 0
+    assert body["count"] == len(words)
+    assert post(client, "/tokenize", {"text": ""})["count"] == 0
 
 
 def test_top_k_gives_each_tokens_rank_and_the_alternatives(client: TestClient) -> None:

@@ -1,0 +1,493 @@
+"""POST /v1/completions and GET /v1/models: OpenAI's completions API as vLLM serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+from sse_starlette import EventSourceResponse
+
+from app.config import Settings
+from app.deps import EngineDep, MetricsDep, SettingsDep, check_chars, tokenize_all
+from app.engine import Engine, EngineStep, GenerationRequest
+from app.errors import ApiError, validation_error
+from app.metrics import Metrics
+from app.openai_schemas import (
+    MAX_PROMPTS,
+    MAX_STOP,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    OpenAIError,
+    Usage,
+)
+from app.routes.generate import MIN_TEMPERATURE, EventStream, Renderer
+from model.inference import SamplingParams
+from model.vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["openai"])
+
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OpenAIError, "description": what}
+    for code, what in (
+        (400, "Invalid request (the message and param name the field)."),
+        (404, "No such model."),
+        (413, "Body larger than max_body_bytes."),
+        (429, "Too many requests in progress."),
+        (503, "The model is still loading."),
+        (504, "The request took longer than request_timeout_s."),
+    )
+}
+
+
+def model_id(engine: Engine) -> str:
+    """The served model's name: its weights directory's."""
+    return engine.weights.path.name
+
+
+@dataclass
+class Prompt:
+    """One prompt as the model reads it, and what its echo shows."""
+
+    ids: list[int]  # [eos, tokens...] for a text; as given for token ids
+    text: str  # the echoed text
+    offsets: list[int]  # where each token starts in text
+
+
+def _offsets(text: str, words: Sequence[str]) -> list[int]:
+    """Where each normalised word starts in the raw text (found case-insensitively from the
+    previous one; where it is not found, e.g. a number read as N, the previous end)."""
+    low = text.lower()
+    out, pos = [], 0
+    for w in words:
+        at = low.find(w.lower(), pos)
+        if at < 0:
+            out.append(pos)
+        else:
+            out.append(at)
+            pos = at + len(w)
+    return out
+
+
+def _render(vocab: Vocab, ids: Sequence[int]) -> tuple[str, list[int]]:
+    """Token ids as text (words joined by spaces, <eos> a newline) and each token's offset."""
+    r = Renderer(vocab)
+    offsets = []
+    for i in ids:
+        offsets.append(len(r.text) + (0 if r._line_start or i == vocab.eos_id else 1))
+        r.add(i)
+    return r.text, offsets
+
+
+async def _prompts(req: CompletionRequest, engine: Engine, settings: Settings) -> list[Prompt]:
+    """The request's prompts, checked and normalised."""
+    p = req.prompt
+    if isinstance(p, str):
+        items: list[str | list[int]] = [p]
+    elif p and all(isinstance(x, int) for x in p):
+        items = [p]  # type: ignore[list-item]
+    else:
+        items = list(p)  # type: ignore[arg-type]
+    if not items:
+        raise validation_error("prompt must not be an empty list", "prompt")
+    if len(items) > MAX_PROMPTS:
+        raise validation_error(
+            f"prompt holds {len(items)} prompts, more than the limit of {MAX_PROMPTS}", "prompt")
+    vocab = engine.vocab
+    V = len(vocab.id_to_word)
+    texts = [x for x in items if isinstance(x, str)]
+    for i, x in enumerate(items):
+        if isinstance(x, str):
+            check_chars(x, "prompt" if isinstance(p, str) else f"prompt[{i}]", settings)
+    toks = iter(await tokenize_all(texts, engine.tokenizer))
+    out = []
+    for i, x in enumerate(items):
+        if isinstance(x, str):
+            tok = next(toks)
+            out.append(Prompt([vocab.eos_id, *tok.ids], x, [0, *_offsets(x, tok.words)]))
+            continue
+        bad = [t for t in x if t >= V]
+        if bad:
+            raise validation_error(
+                f"prompt token id {bad[0]} is outside the vocabulary (0 to {V - 1})",
+                "prompt" if len(items) == 1 and not isinstance(p[0], list) else f"prompt[{i}]")
+        text, offsets = _render(vocab, x)
+        out.append(Prompt(list(x), text, offsets))
+    return out
+
+
+def _check_supported(req: CompletionRequest) -> None:
+    """Fields at a value that changes nothing are accepted; others are a 400 naming them."""
+    if req.best_of not in (None, 1):
+        raise validation_error("best_of: only 1 is supported", "best_of")
+    if req.presence_penalty not in (None, 0.0):
+        raise validation_error("presence_penalty: only 0 is supported", "presence_penalty")
+    if req.frequency_penalty not in (None, 0.0):
+        raise validation_error("frequency_penalty: only 0 is supported", "frequency_penalty")
+    if req.logit_bias:
+        raise validation_error("logit_bias: only {} (no bias) is supported", "logit_bias")
+    if req.suffix is not None:
+        raise validation_error("suffix: only null is supported (no insertion)", "suffix")
+    if req.stream_options is not None and not req.stream:
+        raise validation_error("stream_options needs stream: true", "stream_options")
+
+
+def _sampling(req: CompletionRequest) -> SamplingParams:
+    """temperature 0: greedy; otherwise sampling with the given temperature and top_p."""
+    t = 1.0 if req.temperature is None else req.temperature
+    top_k = req.top_k if req.top_k is not None and req.top_k > 0 else None
+    top_p = req.top_p if req.top_p is not None and req.top_p < 1.0 else None
+    return SamplingParams(do_sample=t > 0, temperature=max(t, MIN_TEMPERATURE),
+                          top_k=top_k, top_p=top_p)
+
+
+@dataclass
+class Plan:
+    """A validated completion request."""
+
+    prompts: list[Prompt]
+    n: int
+    max_tokens: int
+    logprobs: int | None
+    echo: bool
+    requests: list[GenerationRequest]  # one per choice, prompt-major; empty with max_tokens 0
+    stop_texts: list[str]
+
+
+async def make_plan(req: CompletionRequest, engine: Engine, settings: Settings) -> Plan:
+    """Check the request against the model and Settings."""
+    if req.model not in (None, model_id(engine)):
+        raise ApiError(404, "not_found", f"the model {req.model!r} does not exist; this "
+                       f"server serves {model_id(engine)!r} (GET /v1/models)", "model")
+    _check_supported(req)
+    if req.top_k is not None and req.top_k < -1:
+        raise validation_error("top_k must be -1 (all), 0 (all) or positive", "top_k")
+    max_tokens = 16 if req.max_tokens is None else req.max_tokens
+    if max_tokens > settings.max_new_tokens:
+        raise validation_error(f"max_tokens is {max_tokens}, more than the limit of "
+                               f"{settings.max_new_tokens}", "max_tokens")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > min(MAX_STOP, settings.max_stop_sequences):
+        raise validation_error(f"stop holds {len(stop)} sequences, more than the limit of "
+                               f"{min(MAX_STOP, settings.max_stop_sequences)}", "stop")
+    for i, s in enumerate(stop):
+        check_chars(s, f"stop[{i}]", settings)
+    prompts = await _prompts(req, engine, settings)
+    n = req.n or 1
+    total = sum(len(p.ids) for p in prompts) + n * len(prompts) * max_tokens
+    if total > settings.max_request_tokens:
+        raise validation_error(
+            f"the prompts' tokens plus n x max_tokens for each ({total}) are more than the "
+            f"limit of {settings.max_request_tokens} tokens per request (max_model_len)",
+            "prompt")
+    stop_ids: list[list[int]] = []
+    for i, st in enumerate(await tokenize_all(stop, engine.tokenizer)):
+        if not st.ids:
+            raise validation_error(f"stop[{i}] has no tokens after normalisation", f"stop[{i}]")
+        if len(st.ids) > settings.max_stop_words:
+            raise validation_error(f"stop[{i}] has {len(st.ids)} words, more than the limit of "
+                                   f"{settings.max_stop_words}", f"stop[{i}]")
+        stop_ids.append(st.ids)
+    sampling = _sampling(req)
+    seed = req.seed
+    if sampling.do_sample and seed is None:
+        seed = secrets.randbits(62)
+    requests = []
+    if max_tokens > 0:
+        for p in prompts:
+            for j in range(n):
+                requests.append(GenerationRequest(
+                    prompt_ids=tuple(p.ids),
+                    max_new_tokens=max_tokens,
+                    sampling=sampling,
+                    # the choices of one seed differ: choice j samples with seed + j
+                    seed=None if seed is None else (seed + j) % 2**63,
+                    stop_at_eos=True,
+                    stop_sequences=tuple(tuple(x) for x in stop_ids),
+                    top_n_tokens=req.logprobs or 0,
+                ))
+    return Plan(prompts, n, max_tokens, req.logprobs, bool(req.echo), requests, stop)
+
+
+def _top_map(vocab: Vocab, pairs: Sequence[tuple[int, float]], chosen: int, lp: float
+             ) -> dict[str, float]:
+    """vLLM's top_logprobs entry: the alternatives and the chosen token."""
+    d = {vocab.id_to_word[i]: float(x) for i, x in pairs}
+    d.setdefault(vocab.id_to_word[chosen], float(lp))
+    return d
+
+
+@dataclass
+class Echo:
+    """The echoed prompt's logprob entries."""
+
+    tokens: list[str]
+    logprobs: list[float | None]
+    top: list[dict[str, float] | None]
+
+
+async def _echoes(plan: Plan, engine: Engine) -> list[Echo] | None:
+    """The prompts' entries, scored as one batch (null first token)."""
+    if not plan.echo or plan.logprobs is None:
+        return None
+    vocab = engine.vocab
+    seqs = [p.ids for p in plan.prompts]
+    out = []
+    if plan.logprobs:
+        details = await engine.score_details(seqs, plan.logprobs)
+        for seq, d in zip(seqs, details, strict=True):
+            top: list[dict[str, float] | None] = [None]
+            for t in range(len(seq) - 1):
+                pairs = list(zip(d.top_ids[t].tolist(), d.top_logprobs[t].tolist(), strict=True))
+                top.append(_top_map(vocab, pairs, seq[t + 1], float(d.logprobs[t])))
+            out.append(Echo(vocab.decode(seq), [None, *map(float, d.logprobs)], top))
+    else:
+        for seq, lp in zip(seqs, await engine.score(seqs), strict=True):
+            out.append(Echo(vocab.decode(seq), [None, *map(float, lp)], [None] * len(seq)))
+    return out
+
+
+@dataclass
+class ChoiceBuilder:
+    """One choice's text and logprobs, filled token by token."""
+
+    index: int
+    prompt: Prompt
+    echo: Echo | None
+    plan: Plan
+    vocab: Vocab
+
+    def __post_init__(self) -> None:
+        self.renderer = Renderer(self.vocab)
+        self.tokens: list[str] = []
+        self.lps: list[float | None] = []
+        self.top: list[dict[str, float] | None] = []
+        self.offsets: list[int] = []
+        self.prefix = self.prompt.text if self.plan.echo else ""
+        # The output continues the prompt's words: a space between (none after a line end
+        # or a prompt of <eos> alone), so that prompt + text reads right.
+        if self.plan.echo:
+            self.sep = " " if self.prefix and not self.prefix[-1].isspace() else ""
+        else:
+            last = self.prompt.ids[-1]
+            self.sep = "" if last == self.vocab.eos_id else " "
+        if self.echo is not None:
+            self.tokens += self.echo.tokens
+            self.lps += self.echo.logprobs
+            self.top += self.echo.top
+            self.offsets += self.prompt.offsets
+        self.finish: str | None = None
+        self.stop_reason: str | None = None
+
+    @property
+    def base(self) -> str:
+        """The echoed prompt and the separator before the output."""
+        return self.prefix + (self.sep if self.renderer.text else "")
+
+    def add(self, s: EngineStep) -> str:
+        """Append a generated step; the text it adds (a generated <eos> adds none)."""
+        eos = s.id == self.vocab.eos_id
+        before = len(self.renderer.text)
+        piece = "" if eos else self.renderer.add(s.id)
+        if self.plan.logprobs is not None:
+            self.tokens.append(self.vocab.id_to_word[s.id])
+            self.lps.append(float(s.logprob))
+            self.top.append(_top_map(self.vocab, s.top_tokens, s.id, s.logprob)
+                            if self.plan.logprobs else None)
+            start = len(self.prefix) + len(self.sep) + before
+            self.offsets.append(start + (1 if piece.startswith(" ") else 0))
+        if s.finish_reason is not None:
+            self.finish = "length" if s.finish_reason == "length" else "stop"
+        return piece
+
+    def drop_stop(self, n_tokens: int, stop_text: str) -> None:
+        """Take the tokens of the stop sequence that ended the choice back out."""
+        ids_text = self.renderer.text
+        words = ids_text.split(" ")
+        self.renderer.text = " ".join(words[: max(0, len(words) - n_tokens)])
+        if self.plan.logprobs is not None:
+            del self.tokens[-n_tokens:], self.lps[-n_tokens:], self.top[-n_tokens:]
+            del self.offsets[-n_tokens:]
+        self.stop_reason = stop_text
+
+    def choice(self) -> CompletionChoice:
+        """The finished choice."""
+        text = self.base + self.renderer.text
+        logprobs = None
+        if self.plan.logprobs is not None:
+            logprobs = CompletionLogprobs(tokens=self.tokens, token_logprobs=self.lps,
+                                          top_logprobs=self.top, text_offset=self.offsets)
+        return CompletionChoice(index=self.index, text=text, logprobs=logprobs,
+                                finish_reason=self.finish or "length",  # type: ignore[arg-type]
+                                stop_reason=self.stop_reason)
+
+
+def _finish(b: ChoiceBuilder, steps: list[EngineStep], req: GenerationRequest,
+            stop_texts: list[str]) -> None:
+    """After the last step: a stop sequence's tokens leave the output, as OpenAI's do."""
+    if steps and steps[-1].finish_reason == "stop_sequence":
+        ids = [s.id for s in steps]
+        for k, seq in enumerate(req.stop_sequences):
+            if tuple(ids[-len(seq):]) == seq:
+                b.drop_stop(len(seq), stop_texts[k])
+                break
+
+
+async def complete(engine: Engine, plan: Plan, settings: Settings, metrics: Metrics
+                   ) -> CompletionResponse:
+    """Every choice to its end, generations running together in the engine's batches."""
+    echoes = await _echoes(plan, engine)
+    builders = _builders(plan, echoes, engine.vocab)
+    if plan.requests:
+        try:
+            async with asyncio.timeout(settings.request_timeout_s):
+                results = await asyncio.gather(*(engine.generate_all(r) for r in plan.requests))
+        except TimeoutError as e:
+            raise ApiError(504, "timeout", "the completion took longer than request_timeout_s "
+                           f"({settings.request_timeout_s} s)") from e
+        for b, r, steps in zip(builders, plan.requests, results, strict=True):
+            for s in steps:
+                b.add(s)
+            _finish(b, steps, r, plan.stop_texts)
+    completion = sum(len(r) for r in results) if plan.requests else 0
+    metrics.tokens_generated.inc(completion)
+    return CompletionResponse(
+        id=f"cmpl-{secrets.token_hex(12)}", created=int(time.time()), model=model_id(engine),
+        choices=[b.choice() for b in builders], usage=_usage(plan, completion))
+
+
+def _builders(plan: Plan, echoes: list[Echo] | None, vocab: Vocab) -> list[ChoiceBuilder]:
+    return [
+        ChoiceBuilder(i * plan.n + j, p, echoes[i] if echoes else None, plan, vocab)
+        for i, p in enumerate(plan.prompts) for j in range(plan.n)
+    ]
+
+
+def _usage(plan: Plan, completion: int) -> Usage:
+    prompt = sum(len(p.ids) for p in plan.prompts)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 total_tokens=prompt + completion)
+
+
+async def stream(engine: Engine, plan: Plan, req: CompletionRequest, metrics: Metrics
+                 ) -> EventSourceResponse:
+    """Server-sent events: a chunk a token of each choice, then data: [DONE]."""
+    echoes = await _echoes(plan, engine)
+    builders = _builders(plan, echoes, engine.vocab)
+    cid, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), model_id(engine)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> dict[str, str]:
+        body = CompletionResponse(id=cid, created=created, model=name, choices=choices,
+                                  usage=usage)
+        return {"data": body.model_dump_json()}
+
+    queue: asyncio.Queue[tuple[int, EngineStep | BaseException | None]] = asyncio.Queue()
+
+    async def run(k: int, r: GenerationRequest) -> None:
+        try:
+            async for s in engine.generate(r):
+                await queue.put((k, s))
+        except BaseException as e:
+            await queue.put((k, e))
+            return
+        await queue.put((k, None))
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        tasks = [asyncio.create_task(run(k, r)) for k, r in enumerate(plan.requests)]
+        completion = 0
+        try:
+            if plan.echo:
+                for b in builders:
+                    lp = None
+                    if plan.logprobs is not None:
+                        lp = CompletionLogprobs(tokens=list(b.tokens), token_logprobs=list(b.lps),
+                                                top_logprobs=list(b.top),
+                                                text_offset=list(b.offsets))
+                    yield chunk([CompletionChoice(index=b.index, text=b.prefix, logprobs=lp)])
+            if not plan.requests:
+                for b in builders:
+                    yield chunk([CompletionChoice(index=b.index, text="", finish_reason="length")])
+            steps: dict[int, list[EngineStep]] = {k: [] for k in range(len(plan.requests))}
+            left = len(plan.requests)
+            while left:
+                k, item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    left -= 1
+                    continue
+                b = builders[k]
+                n0 = len(b.tokens)
+                first = not b.renderer.text
+                piece = b.add(item)
+                steps[k].append(item)
+                completion += 1
+                metrics.tokens_generated.inc()
+                if first and piece:
+                    piece = b.sep + piece
+                lp = None
+                if plan.logprobs is not None:
+                    lp = CompletionLogprobs(tokens=b.tokens[n0:], token_logprobs=b.lps[n0:],
+                                            top_logprobs=b.top[n0:], text_offset=b.offsets[n0:])
+                finish = None
+                if item.finish_reason is not None:
+                    finish = b.finish
+                yield chunk([CompletionChoice(index=b.index, text=piece, logprobs=lp,
+                                              finish_reason=finish)])  # type: ignore[arg-type]
+            if include_usage:
+                yield chunk([], _usage(plan, completion))
+            yield {"data": "[DONE]"}
+        except Exception:
+            logger.exception("completion failed mid-stream")
+            yield {"data": OpenAIError.model_validate({"error": {
+                "message": "internal server error", "type": "internal_error",
+                "code": "internal"}}).model_dump_json()}
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    return EventStream(events(), sep="\n")
+
+
+@router.post(
+    "/v1/completions",
+    response_model=CompletionResponse,
+    responses={**OPENAI_ERRORS, 200: {"description": 'The completion; with "stream": true '
+                                      "server-sent events of chunks, ending data: [DONE]."}},
+    summary="OpenAI's completions: generate, or with echo and logprobs score the prompt",
+)
+async def completions(
+    req: CompletionRequest,
+    engine: EngineDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> CompletionResponse | EventSourceResponse:
+    """vLLM's /v1/completions (docs/design.md, "OpenAI-compatible completions")."""
+    plan = await make_plan(req, engine, settings)
+    metrics.prompt_tokens.inc(sum(len(p.ids) for p in plan.prompts))
+    if req.stream:
+        return await stream(engine, plan, req, metrics)
+    return await complete(engine, plan, settings, metrics)
+
+
+@router.get("/v1/models", response_model=ModelList, responses=OPENAI_ERRORS,
+            summary="The served model, in OpenAI's list")
+async def models(engine: EngineDep, settings: SettingsDep) -> ModelList:
+    """One model: the served weights, by their directory's name."""
+    created = int(np.floor(engine.weights.path.stat().st_mtime)) if engine.weights.path.exists() \
+        else 0
+    return ModelList(data=[ModelCard(id=model_id(engine), created=created,
+                                     max_model_len=settings.max_request_tokens)])
