@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from app.deps import EngineDep, SettingsDep, check_chars, tokenize_all
@@ -10,6 +12,7 @@ from app.routes.generate import Renderer
 from app.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
+    ErrorResponse,
     TokenizeRequest,
     TokenizeResponse,
     TokenizerInfoResponse,
@@ -17,6 +20,11 @@ from app.schemas import (
 from model.normalize import EOS
 
 router = APIRouter(tags=["tokenizer"])
+
+# "model" naming another model than the served one is a 404.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "No such model."}
+}
 
 
 def _check_model(model: str | None, engine: EngineDep) -> None:
@@ -29,7 +37,7 @@ def _check_model(model: str | None, engine: EngineDep) -> None:
 @router.post(
     "/tokenize",
     response_model=TokenizeResponse,
-    responses=ERROR_RESPONSES,
+    responses=RESPONSES,
     summary="What the normaliser makes of a text: ids, tokens, words and OOV flags",
 )
 async def tokenize_text(
@@ -66,7 +74,7 @@ async def tokenize_text(
 @router.post(
     "/detokenize",
     response_model=DetokenizeResponse,
-    responses=ERROR_RESPONSES,
+    responses=RESPONSES,
     summary="Token ids as text",
 )
 async def detokenize(req: DetokenizeRequest, engine: EngineDep) -> DetokenizeResponse:

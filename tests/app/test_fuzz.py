@@ -37,13 +37,20 @@ from app.main import create_app
 
 EXAMPLES = int(os.environ.get("RNNLM_FUZZ_EXAMPLES", "50"))
 ENVELOPE = {"error", "error_type", "param", "details"}
+OPENAI_ENVELOPE = {"message", "type", "param", "code"}
 
 
 def error_envelope(ctx: Any, response: Any, case: Any) -> None:
-    """A custom check: every 4xx the app answers (HEAD has no body) is the error envelope."""
+    """A custom check: every 4xx the app answers (HEAD has no body) is the error envelope,
+    OpenAI's under /v1/."""
     if 400 <= response.status_code < 500 and case.method.upper() != "HEAD":
         body = json.loads(response.content)
-        assert isinstance(body, dict) and set(body) == ENVELOPE, body
+        if case.path.startswith("/v1/"):
+            assert isinstance(body, dict) and set(body) == {"error"}, body
+            assert set(body["error"]) == OPENAI_ENVELOPE, body
+            body = {"error": body["error"]["message"], "error_type": body["error"]["code"]}
+        else:
+            assert isinstance(body, dict) and set(body) == ENVELOPE, body
         assert body["error"] and body["error_type"], body
         assert "Traceback" not in body["error"]
 
