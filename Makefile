@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 DATA_DIR ?= ../shared/data/ptb
 export RNNLM_DATA_DIR ?= $(DATA_DIR)
 
-.PHONY: serve test lint train train-awd bench fuzz soak openapi clean
+.PHONY: serve test lint train train-awd bench interop fuzz soak openapi clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,18 @@ bench: $(BENCH_VENV)/.installed $(VENV)/.installed-test
 	$(BENCH_VENV)/bin/python -m bench.train
 	$(BENCH_VENV)/bin/python -m bench.generate
 	$(BIN)/python -m bench.load --model 650 --quick
+
+# lm-evaluation-harness against a live server (interop/check_lm_eval.py): outside make test for
+# its size, in a venv of its own; torch==2.13.0 pinned (the harness needs torch; unpinned pulls CUDA).
+INTEROP_VENV ?= .venv-interop
+$(INTEROP_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/pip install -q torch==2.13.0 'lm-eval[api]==0.4.13'
+	$(INTEROP_VENV)/bin/pip install -q -c constraints.txt -e .
+	touch $@
+
+interop: $(INTEROP_VENV)/.installed
+	$(INTEROP_VENV)/bin/python interop/check_lm_eval.py
 
 # The committed API document; tests/app/test_openapi.py fails when it drifts from the app.
 openapi: $(VENV)/.installed-run

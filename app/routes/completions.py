@@ -465,8 +465,13 @@ async def stream(engine: Engine, plan: Plan, req: CompletionRequest, metrics: Me
 @router.post(
     "/v1/completions",
     response_model=CompletionResponse,
-    responses={**OPENAI_ERRORS, 200: {"description": 'The completion; with "stream": true '
-                                      "server-sent events of chunks, ending data: [DONE]."}},
+    responses={**OPENAI_ERRORS, 200: {
+        "description": 'The completion; with "stream": true server-sent events, each data a '
+        "CompletionResponse chunk, the last data: [DONE].",
+        "content": {"text/event-stream": {"schema": {
+            "type": "object", "required": ["data"],
+            "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                           "id": {"type": "string"}}}}}}},
     summary="OpenAI's completions: generate, or with echo and logprobs score the prompt",
 )
 async def completions(
