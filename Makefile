@@ -80,7 +80,7 @@ $(INTEROP_VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 interop: $(INTEROP_VENV)/.installed
-	$(INTEROP_VENV)/bin/python interop/check_lm_eval.py
+	$(INTEROP_VENV)/bin/python -m interop.check_lm_eval
 
 # The committed API document; tests/app/test_openapi.py fails when it drifts from the app.
 openapi: $(VENV)/.installed-run

@@ -78,6 +78,18 @@ def check_chars(text: str, param: str, settings: Settings) -> None:
         )
 
 
+def served_model(engine: Engine) -> str:
+    """The served model's id (vLLM's "model"): its weights directory's name."""
+    return engine.weights.path.name
+
+
+def check_model(model: str | None, engine: Engine) -> None:
+    """404 when a request names another model than the served one (null: the served one)."""
+    if model not in (None, served_model(engine)):
+        raise ApiError(404, "not_found", f"the model {model!r} does not exist; this server "
+                       f"serves {served_model(engine)!r} (GET /v1/models)", "model")
+
+
 async def tokenize_all(texts: list[str], tokenizer: Tokenizer) -> list[Tokenized]:
     """Normalise and look up texts off the event loop (a 1 MiB body takes a while)."""
     if sum(len(t) for t in texts) < 2_000:

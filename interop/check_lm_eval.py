@@ -16,29 +16,27 @@ tokenizer) on two tasks written here for the check:
                which is the <eos> id: the harness sends token ids as they are, and a sentence
                of this model starts after <eos>.
 
-Run: make interop (its own virtual environment, .venv-interop, with lm-eval[api]==0.4.13 and
-torch==2.13.0). Exit status 0 when both agree, 1 when not, 2 when something is missing.
+Run: make interop, or .venv-interop/bin/python -m interop.check_lm_eval (its own virtual
+environment with lm-eval[api]==0.4.13 and torch==2.13.0). Exit status 0 when both agree, 1
+when not, 2 when something is missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import random
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
+
+from bench.load import find_data_dir, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,41 +93,6 @@ def words(text: str) -> int:
     return len(re.split(r"\s+", text.strip()))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def server(weights: Path, log: Path) -> Any:
-    """rnnlm-serve on a free port until the block ends."""
-    port = free_port()
-    env = {**os.environ, "RNNLM_WEIGHTS": str(weights), "RNNLM_LOG_LEVEL": "warning",
-           "RNNLM_DRAIN_SECONDS": "0"}
-    with log.open("wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port)], env=env,
-                                stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start:\n{log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def lm_eval(url: str, model: str, max_len: int, tasks: str, include: Path, out: Path) -> dict:
     """Run the harness's command line; -> its results per task."""
     lm_eval_bin = Path(sys.executable).parent / "lm_eval"
@@ -149,14 +112,15 @@ def lm_eval(url: str, model: str, max_len: int, tasks: str, include: Path, out: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=str(ROOT / "weights" / "ptb-650"))
-    p.add_argument("--data-dir", default=os.environ.get("RNNLM_DATA_DIR",
-                                                          str(ROOT.parent / "shared/data/ptb")))
+    p.add_argument("--data-dir", default=None, help="PTB (default $RNNLM_DATA_DIR or "
+                   "../shared/data/ptb)")
     p.add_argument("--lines", type=int, default=100, help="PTB test lines scored")
     args = p.parse_args(argv)
-    test = Path(args.data_dir) / "ptb.test.txt"
-    if not test.exists():
-        print(f"{test} is needed (--data-dir)", file=sys.stderr)
+    data = find_data_dir(args.data_dir)
+    if data is None:
+        print("PTB test is needed (../shared/data/ptb or --data-dir)", file=sys.stderr)
         return 2
+    test = data / "ptb.test.txt"
     lines = [x.strip() for x in test.read_text().splitlines() if x.strip()][: args.lines]
     rng = random.Random(0)
     docs = []
@@ -183,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         (tasks / "ptb_rolling.yaml").write_text(ROLLING_YAML.format(data=tmp / "ptb.txt"))
         (tasks / "ptb_choice.yaml").write_text(CHOICE_YAML.format(data=tmp / "choice.jsonl"))
         (tasks / "words.py").write_text(WORDS_PY)
-        with server(Path(args.weights), tmp / "server.log") as url:
+        with serve("rnnlm", Path(args.weights), 32, tmp) as srv:
+            url = srv.url
             info = httpx.get(url + "/v1/models").json()["data"][0]
             res = lm_eval(url, info["id"], info["max_model_len"], "ptb_rolling,ptb_choice",
                           tasks, tmp / "out")

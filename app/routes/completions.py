@@ -10,12 +10,19 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
 from app.config import Settings
-from app.deps import EngineDep, MetricsDep, SettingsDep, check_chars, tokenize_all
+from app.deps import (
+    EngineDep,
+    MetricsDep,
+    SettingsDep,
+    check_chars,
+    check_model,
+    served_model,
+    tokenize_all,
+)
 from app.engine import Engine, EngineStep, GenerationRequest
 from app.errors import ApiError, validation_error
 from app.metrics import Metrics
@@ -52,11 +59,6 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def model_id(engine: Engine) -> str:
-    """The served model's name: its weights directory's."""
-    return engine.weights.path.name
-
-
 @dataclass
 class Prompt:
     """One prompt as the model reads it, and what its echo shows."""
@@ -86,8 +88,8 @@ def _render(vocab: Vocab, ids: Sequence[int]) -> tuple[str, list[int]]:
     r = Renderer(vocab)
     offsets = []
     for i in ids:
-        offsets.append(len(r.text) + (0 if r._line_start or i == vocab.eos_id else 1))
-        r.add(i)
+        before = len(r.text)
+        offsets.append(before + (1 if r.add(i).startswith(" ") else 0))
     return r.text, offsets
 
 
@@ -168,9 +170,7 @@ class Plan:
 
 async def make_plan(req: CompletionRequest, engine: Engine, settings: Settings) -> Plan:
     """Check the request against the model and Settings."""
-    if req.model not in (None, model_id(engine)):
-        raise ApiError(404, "not_found", f"the model {req.model!r} does not exist; this "
-                       f"server serves {model_id(engine)!r} (GET /v1/models)", "model")
+    check_model(req.model, engine)
     _check_supported(req)
     if req.top_k is not None and req.top_k < -1:
         raise validation_error("top_k must be -1 (all), 0 (all) or positive", "top_k")
@@ -271,6 +271,7 @@ class ChoiceBuilder:
 
     def __post_init__(self) -> None:
         self.renderer = Renderer(self.vocab)
+        self.ids: list[int] = []  # the generated ids that add text
         self.tokens: list[str] = []
         self.lps: list[float | None] = []
         self.top: list[dict[str, float] | None] = []
@@ -301,6 +302,8 @@ class ChoiceBuilder:
         eos = s.id == self.vocab.eos_id
         before = len(self.renderer.text)
         piece = "" if eos else self.renderer.add(s.id)
+        if not eos:
+            self.ids.append(s.id)
         if self.plan.logprobs is not None:
             self.tokens.append(self.vocab.id_to_word[s.id])
             self.lps.append(float(s.logprob))
@@ -314,9 +317,9 @@ class ChoiceBuilder:
 
     def drop_stop(self, n_tokens: int, stop_text: str) -> None:
         """Take the tokens of the stop sequence that ended the choice back out."""
-        ids_text = self.renderer.text
-        words = ids_text.split(" ")
-        self.renderer.text = " ".join(words[: max(0, len(words) - n_tokens)])
+        self.renderer = Renderer(self.vocab)
+        for i in self.ids[: len(self.ids) - n_tokens]:
+            self.renderer.add(i)
         if self.plan.logprobs is not None:
             del self.tokens[-n_tokens:], self.lps[-n_tokens:], self.top[-n_tokens:]
             del self.offsets[-n_tokens:]
@@ -364,7 +367,7 @@ async def complete(engine: Engine, plan: Plan, settings: Settings, metrics: Metr
     completion = sum(len(r) for r in results) if plan.requests else 0
     metrics.tokens_generated.inc(completion)
     return CompletionResponse(
-        id=f"cmpl-{secrets.token_hex(12)}", created=int(time.time()), model=model_id(engine),
+        id=f"cmpl-{secrets.token_hex(12)}", created=int(time.time()), model=served_model(engine),
         choices=[b.choice() for b in builders], usage=_usage(plan, completion))
 
 
@@ -386,7 +389,7 @@ async def stream(engine: Engine, plan: Plan, req: CompletionRequest, metrics: Me
     """Server-sent events: a chunk a token of each choice, then data: [DONE]."""
     echoes = await _echoes(plan, engine)
     builders = _builders(plan, echoes, engine.vocab)
-    cid, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), model_id(engine)
+    cid, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), served_model(engine)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> dict[str, str]:
@@ -420,7 +423,6 @@ async def stream(engine: Engine, plan: Plan, req: CompletionRequest, metrics: Me
             if not plan.requests:
                 for b in builders:
                     yield chunk([CompletionChoice(index=b.index, text="", finish_reason="length")])
-            steps: dict[int, list[EngineStep]] = {k: [] for k in range(len(plan.requests))}
             left = len(plan.requests)
             while left:
                 k, item = await queue.get()
@@ -433,7 +435,6 @@ async def stream(engine: Engine, plan: Plan, req: CompletionRequest, metrics: Me
                 n0 = len(b.tokens)
                 first = not b.renderer.text
                 piece = b.add(item)
-                steps[k].append(item)
                 completion += 1
                 metrics.tokens_generated.inc()
                 if first and piece:
@@ -492,7 +493,7 @@ async def completions(
             summary="The served model, in OpenAI's list")
 async def models(engine: EngineDep, settings: SettingsDep) -> ModelList:
     """One model: the served weights, by their directory's name."""
-    created = int(np.floor(engine.weights.path.stat().st_mtime)) if engine.weights.path.exists() \
-        else 0
-    return ModelList(data=[ModelCard(id=model_id(engine), created=created,
+    path = engine.weights.path
+    created = int(path.stat().st_mtime) if path.exists() else 0
+    return ModelList(data=[ModelCard(id=served_model(engine), created=created,
                                      max_model_len=settings.max_request_tokens)])

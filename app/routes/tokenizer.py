@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.deps import EngineDep, SettingsDep, check_chars, tokenize_all
-from app.errors import ERROR_RESPONSES, ApiError, validation_error
+from app.deps import EngineDep, SettingsDep, check_chars, check_model, tokenize_all
+from app.errors import ERROR_RESPONSES, validation_error
 from app.routes.generate import Renderer
 from app.schemas import (
     DetokenizeRequest,
@@ -27,13 +27,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _check_model(model: str | None, engine: EngineDep) -> None:
-    """model null or the served one (vLLM's rule)."""
-    if model not in (None, engine.weights.path.name):
-        raise ApiError(404, "not_found", f"the model {model!r} does not exist; this server "
-                       f"serves {engine.weights.path.name!r}", "model")
-
-
 @router.post(
     "/tokenize",
     response_model=TokenizeResponse,
@@ -46,7 +39,7 @@ async def tokenize_text(
     settings: SettingsDep,
 ) -> TokenizeResponse:
     """Normalise a prompt with the model's normaliser and look it up in the vocabulary."""
-    _check_model(req.model, engine)
+    check_model(req.model, engine)
     if (req.prompt is None) == (req.text is None):
         raise validation_error('give "prompt" (vLLM\'s) or "text", exactly one of them',
                                "prompt")
@@ -79,7 +72,7 @@ async def tokenize_text(
 )
 async def detokenize(req: DetokenizeRequest, engine: EngineDep) -> DetokenizeResponse:
     """Words joined by spaces, <eos> as a line end; a leading <eos> (the start) adds nothing."""
-    _check_model(req.model, engine)
+    check_model(req.model, engine)
     vocab = engine.vocab
     V = len(vocab.id_to_word)
     for i, t in enumerate(req.tokens):

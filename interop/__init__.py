@@ -1,0 +1,1 @@
+"""Checks of real third-party clients against a live server (make interop)."""
