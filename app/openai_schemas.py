@@ -21,6 +21,8 @@ MAX_STOP = 4
 MAX_N = 128
 MAX_PROMPTS = 256
 
+# logit_bias's keys: token ids written as JSON object keys (decimal, no sign or leading zero)
+TokenIdKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]*)$")]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, fail_fast=True)]
 
 
@@ -112,8 +114,12 @@ class CompletionRequest(_Request):
     stream_options: StreamOptions | None = Field(
         default=None, description="With stream.", examples=[{"include_usage": True}]
     )
-    logit_bias: dict[str, float] | None = Field(
-        default=None, description="Only {} (no bias) is supported.", examples=[{}]
+    logit_bias: dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None,
+        description="Added to the log-probabilities of these token ids (as strings) before a "
+        "token is chosen, -100 to 100 (OpenAI's): -100 all but bans a token, 100 all but forces "
+        "it. Reported logprobs stay the model's.",
+        examples=[{"26": -100}],
     )
     user: Text | None = Field(
         default=None, description="Accepted and ignored.", examples=["user-1"]

@@ -23,6 +23,9 @@ class SamplingParams:
     typical_p: float | None = None
     repetition_penalty: float | None = None
     ban_unk: bool = True
+    # (token id, bias) pairs added to the log-probabilities before choosing (OpenAI's
+    # logit_bias): -100 all but bans a token, +100 all but forces it.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -35,6 +38,8 @@ class SamplingParams:
             raise ValueError("typical_p must be in (0, 1]")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
             raise ValueError("repetition_penalty must be > 0")
+        if any(i < 0 or not np.isfinite(b) for i, b in self.logit_bias):
+            raise ValueError("logit_bias needs token ids >= 0 and finite biases")
 
 
 _MAX = float(np.finfo(np.float64).max)
@@ -56,12 +61,15 @@ def choose_next(
 ) -> int:
     """Pick the next token id from one row of logits (V,).
 
-    Order: ban <unk>, repetition penalty (CTRL, Keskar et al. 2019: a seen token's logit
+    Order: logit bias, ban <unk>, repetition penalty (CTRL, Keskar et al. 2019: a seen token's logit
     is divided by the penalty when positive, multiplied when negative), then when
     sampling: temperature, top-k, top-p (Holtzman et al. 2020), typical-p (Meister et
     al. 2022), and a draw from ``rng``. Greedy takes the argmax after the ban and penalty.
     """
     x = logits.astype(np.float64)  # a private copy; 10k doubles is cheap
+    if params.logit_bias:
+        ids, bias = zip(*params.logit_bias, strict=True)
+        np.add.at(x, np.asarray(ids, dtype=np.int64), np.asarray(bias, dtype=np.float64))
     if params.ban_unk and unk_id is not None:
         x[unk_id] = -np.inf
     rp = params.repetition_penalty
@@ -130,8 +138,29 @@ def stop_reason(
     """
     if eos_id is not None and generated and generated[-1] == eos_id:
         return "eos_token"
-    if any(len(x) and list(generated[-len(x) :]) == list(x) for x in stops):
+    if matched_stop(generated, stops) is not None:
         return "stop_sequence"
     if len(generated) >= max_new_tokens:
         return "length"
     return None
+
+
+def matched_stop(generated: Sequence[int], stops: Sequence[Sequence[int]]) -> int | None:
+    """The index of the first stop sequence the output ends with, or None."""
+    for k, x in enumerate(stops):
+        if len(x) and len(generated) >= len(x) and list(generated[-len(x) :]) == list(x):
+            return k
+    return None
+
+
+def stop_prefix_length(generated: Sequence[int], stops: Sequence[Sequence[int]]) -> int:
+    """How many of the last tokens could be the start of a stop sequence: the longest suffix
+    of the output that is a proper prefix of one. A stream that leaves stop sequences out
+    holds these tokens back until the next tokens decide."""
+    best = 0
+    for x in stops:
+        for n in range(min(len(x) - 1, len(generated)), best, -1):
+            if list(generated[-n:]) == list(x[:n]):
+                best = n
+                break
+    return best

@@ -40,6 +40,7 @@ from app.openai_schemas import (
 )
 from app.routes.generate import MIN_TEMPERATURE, EventStream, Renderer
 from model.inference import SamplingParams
+from model.sampling import matched_stop, stop_prefix_length
 from model.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -138,21 +139,29 @@ def _check_supported(req: CompletionRequest) -> None:
         raise validation_error("presence_penalty: only 0 is supported", "presence_penalty")
     if req.frequency_penalty not in (None, 0.0):
         raise validation_error("frequency_penalty: only 0 is supported", "frequency_penalty")
-    if req.logit_bias:
-        raise validation_error("logit_bias: only {} (no bias) is supported", "logit_bias")
     if req.suffix is not None:
         raise validation_error("suffix: only null is supported (no insertion)", "suffix")
     if req.stream_options is not None and not req.stream:
         raise validation_error("stream_options needs stream: true", "stream_options")
 
 
-def _sampling(req: CompletionRequest) -> SamplingParams:
+def _logit_bias(req: CompletionRequest, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """logit_bias as (id, bias) pairs; an id outside the vocabulary is a 400."""
+    pairs = tuple((int(k), float(v)) for k, v in (req.logit_bias or {}).items())
+    for (i, _), key in zip(pairs, req.logit_bias or {}, strict=True):
+        if i >= vocab_size:
+            raise validation_error(f"logit_bias: token id {key} is outside the vocabulary "
+                                   f"(0 to {vocab_size - 1})", "logit_bias")
+    return pairs
+
+
+def _sampling(req: CompletionRequest, vocab_size: int) -> SamplingParams:
     """temperature 0: greedy; otherwise sampling with the given temperature and top_p."""
     t = 1.0 if req.temperature is None else req.temperature
     top_k = req.top_k if req.top_k is not None and req.top_k > 0 else None
     top_p = req.top_p if req.top_p is not None and req.top_p < 1.0 else None
     return SamplingParams(do_sample=t > 0, temperature=max(t, MIN_TEMPERATURE),
-                          top_k=top_k, top_p=top_p)
+                          top_k=top_k, top_p=top_p, logit_bias=_logit_bias(req, vocab_size))
 
 
 @dataclass
@@ -200,7 +209,7 @@ async def make_plan(req: CompletionRequest, engine: Engine, settings: Settings) 
             raise validation_error(f"stop[{i}] has {len(st.ids)} words, more than the limit of "
                                    f"{settings.max_stop_words}", f"stop[{i}]")
         stop_ids.append(st.ids)
-    sampling = _sampling(req)
+    sampling = _sampling(req, len(engine.vocab.id_to_word))
     seed = req.seed
     if sampling.do_sample and seed is None:
         seed = secrets.randbits(62)
@@ -341,11 +350,9 @@ def _finish(b: ChoiceBuilder, steps: list[EngineStep], req: GenerationRequest,
             stop_texts: list[str]) -> None:
     """After the last step: a stop sequence's tokens leave the output, as OpenAI's do."""
     if steps and steps[-1].finish_reason == "stop_sequence":
-        ids = [s.id for s in steps]
-        for k, seq in enumerate(req.stop_sequences):
-            if tuple(ids[-len(seq):]) == seq:
-                b.drop_stop(len(seq), stop_texts[k])
-                break
+        k = matched_stop([s.id for s in steps], req.stop_sequences)
+        if k is not None:
+            b.drop_stop(len(req.stop_sequences[k]), stop_texts[k])
 
 
 async def complete(engine: Engine, plan: Plan, settings: Settings, metrics: Metrics
@@ -397,6 +404,21 @@ async def stream(engine: Engine, plan: Plan, req: CompletionRequest, metrics: Me
                                   usage=usage)
         return {"data": body.model_dump_json()}
 
+    def token_choice(b: ChoiceBuilder, s: EngineStep) -> CompletionChoice:
+        """One step of a choice as its chunk: the text it adds, its logprob entry."""
+        n0 = len(b.tokens)
+        first = not b.renderer.text
+        piece = b.add(s)
+        if first and piece:
+            piece = b.sep + piece
+        lp = None
+        if plan.logprobs is not None:
+            lp = CompletionLogprobs(tokens=b.tokens[n0:], token_logprobs=b.lps[n0:],
+                                    top_logprobs=b.top[n0:], text_offset=b.offsets[n0:])
+        finish = b.finish if s.finish_reason is not None else None
+        return CompletionChoice(index=b.index, text=piece, logprobs=lp,
+                                finish_reason=finish)  # type: ignore[arg-type]
+
     queue: asyncio.Queue[tuple[int, EngineStep | BaseException | None]] = asyncio.Queue()
 
     async def run(k: int, r: GenerationRequest) -> None:
@@ -423,6 +445,10 @@ async def stream(engine: Engine, plan: Plan, req: CompletionRequest, metrics: Me
             if not plan.requests:
                 for b in builders:
                     yield chunk([CompletionChoice(index=b.index, text="", finish_reason="length")])
+            # Tokens that may begin a stop sequence wait until the next ones decide: a
+            # matched stop sequence is left out of the stream as it is of the whole answer.
+            held: list[list[EngineStep]] = [[] for _ in builders]
+            ids: list[list[int]] = [[] for _ in builders]
             left = len(plan.requests)
             while left:
                 k, item = await queue.get()
@@ -431,23 +457,26 @@ async def stream(engine: Engine, plan: Plan, req: CompletionRequest, metrics: Me
                 if item is None:
                     left -= 1
                     continue
-                b = builders[k]
-                n0 = len(b.tokens)
-                first = not b.renderer.text
-                piece = b.add(item)
                 completion += 1
                 metrics.tokens_generated.inc()
-                if first and piece:
-                    piece = b.sep + piece
-                lp = None
-                if plan.logprobs is not None:
-                    lp = CompletionLogprobs(tokens=b.tokens[n0:], token_logprobs=b.lps[n0:],
-                                            top_logprobs=b.top[n0:], text_offset=b.offsets[n0:])
-                finish = None
-                if item.finish_reason is not None:
-                    finish = b.finish
-                yield chunk([CompletionChoice(index=b.index, text=piece, logprobs=lp,
-                                              finish_reason=finish)])  # type: ignore[arg-type]
+                b, stops = builders[k], plan.requests[k].stop_sequences
+                ids[k].append(item.id)
+                held[k].append(item)
+                if item.finish_reason == "stop_sequence":
+                    m = matched_stop(ids[k], stops)
+                    n_stop = len(stops[m]) if m is not None else 0
+                    for s in held[k][: len(held[k]) - n_stop]:
+                        yield chunk([token_choice(b, s)])
+                    b.finish, b.stop_reason = "stop", plan.stop_texts[m] if m is not None else None
+                    yield chunk([CompletionChoice(
+                        index=b.index, text="", finish_reason="stop", stop_reason=b.stop_reason,
+                        logprobs=None if plan.logprobs is None else CompletionLogprobs(
+                            tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[]))])
+                    continue
+                keep = 0 if item.finish_reason else stop_prefix_length(ids[k], stops)
+                ready, held[k] = held[k][: len(held[k]) - keep], held[k][len(held[k]) - keep :]
+                for s in ready:
+                    yield chunk([token_choice(b, s)])
             if include_usage:
                 yield chunk([], _usage(plan, completion))
             yield {"data": "[DONE]"}

@@ -119,9 +119,42 @@ def test_streaming_sends_the_same_text_then_done(client: TestClient) -> None:
     assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == whole
 
 
+def _streamed(client: TestClient, body: dict) -> tuple[str, list[dict]]:
+    """The text a stream's chunks add up to, and its choice entries."""
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        datas = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert datas[-1] == "[DONE]"
+    choices = [c for d in datas[:-1] for c in json.loads(d)["choices"]]
+    return "".join(c["text"] for c in choices), choices
+
+
+def test_a_streamed_stop_sequence_is_left_out_as_in_the_whole_answer(client: TestClient
+                                                                     ) -> None:
+    body = {"prompt": "the", "max_tokens": 10, "temperature": 0, "logprobs": 0}
+    words = client.post("/v1/completions", json=body).json()["choices"][0]["text"].split()
+    if len(words) < 5:
+        pytest.skip("the tiny model ends too soon for a stop sequence")
+    for stop in (
+        f"{words[2]} {words[3]}",  # two tokens: the first waits for the second
+        f"{words[1]} qqzx",  # starts like the output, then differs: the held token goes out
+        words[1:4],  # several sequences
+    ):
+        req = {**body, "stop": stop}
+        whole = client.post("/v1/completions", json=req).json()["choices"][0]
+        text, choices = _streamed(client, req)
+        assert text == whole["text"]
+        assert choices[-1]["finish_reason"] == whole["finish_reason"]
+        assert choices[-1].get("stop_reason") == whole.get("stop_reason")
+        tokens = [t for c in choices if c["logprobs"] for t in c["logprobs"]["tokens"]]
+        assert tokens == whole["logprobs"]["tokens"]
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"prompt": "a", "best_of": 2}, "best_of"),
-    ({"prompt": "a", "logit_bias": {"5": 1.0}}, "logit_bias"),
+    ({"prompt": "a", "logit_bias": {"99999999": 1.0}}, "logit_bias"),
+    ({"prompt": "a", "logit_bias": {"five": 1.0}}, "logit_bias"),
+    ({"prompt": "a", "logit_bias": {"5": 101}}, "logit_bias"),
     ({"prompt": "a", "presence_penalty": 0.5}, "presence_penalty"),
     ({"prompt": "a", "logprobs": 6}, "logprobs"),
     ({"prompt": "a", "max_tokens": 10**6}, "max_tokens"),
@@ -143,6 +176,22 @@ def test_values_that_change_nothing_are_accepted(client: TestClient) -> None:
         "frequency_penalty": 0, "logit_bias": {}, "suffix": None, "user": "u", "n": 1,
         "top_p": 1, "stop": None, "logprobs": None, "stream": False})
     assert r.status_code == 200, r.text
+
+
+def test_logit_bias_steers_the_choice_and_leaves_logprobs_the_models(
+        client: TestClient) -> None:
+    body = {"prompt": "the", "max_tokens": 4, "temperature": 0, "logprobs": 0}
+    free = client.post("/v1/completions", json=body).json()["choices"][0]
+    first = client.post("/tokenize", json={"text": free["logprobs"]["tokens"][0]}).json()
+    banned = first["tokens"][0]
+    forced = client.post("/tokenize", json={"text": "market"}).json()["tokens"][0]
+    r = client.post("/v1/completions", json={**body, "logit_bias": {
+        str(banned): -100, str(forced): 100}}).json()["choices"][0]
+    assert r["logprobs"]["tokens"] == ["market"] * 4
+    scored = client.post("/perplexity", json={"text": "the market market market market",
+                                              "eos": False, "return_tokens": True}).json()
+    want = [t["logprob"] for t in scored["results"][0]["tokens"][1:]]
+    assert r["logprobs"]["token_logprobs"] == pytest.approx(want, abs=1e-5)
 
 
 def test_models_list_and_an_unknown_model(client: TestClient) -> None:

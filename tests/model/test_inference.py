@@ -22,6 +22,7 @@ from model.inference import (
     step,
 )
 from model.rnnlm import BetterRnnlm, LSTMState, ModelConfig
+from model.sampling import matched_stop, stop_prefix_length
 from tests.naive import naive_logprobs, naive_next
 
 V = 40
@@ -324,9 +325,44 @@ def test_repetition_penalty_discourages_seen_tokens() -> None:
     assert choose_next(x, SamplingParams(do_sample=False, ban_unk=False), None) == 3
 
 
+def test_logit_bias_moves_the_choice_greedy_and_sampled() -> None:
+    x = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    greedy = SamplingParams(do_sample=False, ban_unk=False)
+    assert choose_next(x, greedy, None) == 0
+    assert choose_next(x, SamplingParams(do_sample=False, ban_unk=False,
+                                         logit_bias=((3, 100.0),)), None) == 3
+    banned = SamplingParams(ban_unk=False, logit_bias=((0, -100.0), (1, -100.0)))
+    draws = {choose_next(x, banned, np.random.default_rng(s)) for s in range(200)}
+    assert draws == {2, 3}
+    # a bias of log 2 on token 2 makes it as likely as token 1 would be at 0.3: 0.3 / 0.3
+    even = SamplingParams(ban_unk=False, logit_bias=((2, float(np.log(2.0))),))
+    n = 20_000
+    rng = np.random.default_rng(0)
+    counts = np.bincount([choose_next(x, even, rng) for _ in range(n)], minlength=4)
+    assert abs(counts[1] - counts[2]) < 5 * np.sqrt(n * 0.23)
+
+
+def test_stop_prefix_length_is_the_longest_suffix_that_starts_a_stop() -> None:
+    assert stop_prefix_length([1, 2, 3], [(3, 4)]) == 1
+    assert stop_prefix_length([1, 2, 3], [(2, 3, 4), (3, 9)]) == 2
+    assert stop_prefix_length([1, 2, 3], [(2, 3)]) == 0  # a whole match is not a prefix
+    assert stop_prefix_length([], [(1, 2)]) == 0
+    assert matched_stop([5, 2, 3], [(9,), (2, 3)]) == 1
+    assert matched_stop([3], [(2, 3)]) is None
+
+
+@given(st.lists(st.integers(0, 3), max_size=12),
+       st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=5), max_size=3))
+def test_stop_prefix_length_against_its_definition(gen: list[int], stops: list[list[int]]) -> None:
+    want = max([n for x in stops for n in range(1, len(x)) if n <= len(gen)
+                and gen[len(gen) - n:] == x[:n]], default=0)
+    assert stop_prefix_length(gen, stops) == want
+
+
 def test_sampling_params_validation() -> None:
     for bad in ({"temperature": 0.0}, {"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5},
-                {"repetition_penalty": 0.0}, {"typical_p": 2.0}):
+                {"repetition_penalty": 0.0}, {"typical_p": 2.0},
+                {"logit_bias": ((-1, 1.0),)}, {"logit_bias": ((1, float("inf")),)}):
         with pytest.raises(ValueError):
             SamplingParams(**bad)  # type: ignore[arg-type]
 
