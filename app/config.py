@@ -43,7 +43,6 @@ class Settings(BaseSettings):
         default=20, ge=1, description="max_new_tokens when not given (capped at max_new_tokens)."
     )
     max_stop_sequences: int = Field(default=4, ge=0, description="Stop sequences per request.")
-    max_stop_words: int = Field(default=8, ge=1, description="Words (tokens) per stop sequence.")
     max_top_n_tokens: int = Field(default=5, ge=0, description="Upper bound of top_n_tokens.")
     max_targets: int = Field(default=100, ge=0, description="Targets per /next-word request.")
     max_top_k: int = Field(default=100, ge=1, description="Upper bound of /next-word top_k.")
@@ -115,7 +114,6 @@ class Settings(BaseSettings):
             "max_new_tokens",
             "default_max_new_tokens",
             "max_stop_sequences",
-            "max_stop_words",
             "max_top_n_tokens",
             "max_targets",
             "max_top_k",

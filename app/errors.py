@@ -101,6 +101,7 @@ _OPENAI_TYPES: dict[str, str] = {
     "not_found": "invalid_request_error",
     "method_not_allowed": "invalid_request_error",
     "overloaded": "rate_limit_error",
+    "rate_limit_exceeded": "tokens",  # OpenAI's answer to a request over its token budget
     "unavailable": "service_unavailable",
     "timeout": "timeout",
     "internal": "internal_error",
@@ -207,7 +208,9 @@ def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> tuple[str
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     """ApiError -> its envelope."""
     assert isinstance(exc, ApiError)
-    headers = {"Retry-After": "1"} if exc.status in (503, 429) else None
+    # a retry helps when the server is busy, not when the request is too large for it
+    busy = exc.status in (503, 429) and exc.error_type != "rate_limit_exceeded"
+    headers = {"Retry-After": "1"} if busy else None
     return error_response(
         exc.status, exc.message, exc.error_type, exc.param, exc.details, headers=headers,
         path=request.url.path,

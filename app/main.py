@@ -25,6 +25,7 @@ from app.errors import (
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import completions, generate, health, playground, score, tokenizer
 from app.routes.health import service_version
+from app.schema_rules import apply_limits, vocab_size_of
 from model.blas import warn_if_slow_kernel
 from model.weights import LoadedWeights, WeightsError, load_weights
 
@@ -139,19 +140,23 @@ def create_app(settings: Settings | None = None, weights: LoadedWeights | None =
     # The last added is outermost: metrics see every answer, the 413s included.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    _openai_routes_answer_400(app)
+    _served_document(app, settings, weights)
     return app
 
 
-def _openai_routes_answer_400(app: FastAPI) -> None:
-    """The document of the /v1/ routes without FastAPI's default 422: they answer an invalid
-    request with 400 in OpenAI's envelope (app.errors.error_response)."""
+def _served_document(app: FastAPI, settings: Settings, weights: LoadedWeights | None) -> None:
+    """The document states what this server accepts: its Settings' limits and the token-id
+    range of its weights (app.schema_rules); the /v1/ routes without FastAPI's default 422,
+    since they answer an invalid request with 400 in OpenAI's envelope."""
     base = app.openapi
+    vocab_size = (weights.config.vocab_size if weights is not None
+                  else vocab_size_of(settings.weights))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         doc = base()
+        apply_limits(doc, settings, vocab_size)
         for path, ops in doc["paths"].items():
             if path.startswith(OPENAI_PREFIX):
                 for op in ops.values():

@@ -94,6 +94,7 @@ class CompletionRequest(_Request):
     )
     top_k: int | None = Field(
         default=None,
+        ge=-1,
         description="vLLM's extension: sample among the k most likely (-1 or 0: all).",
         examples=[-1],
     )
@@ -112,7 +113,10 @@ class CompletionRequest(_Request):
         default=False, description="Answer as server-sent events.", examples=[False]
     )
     stream_options: StreamOptions | None = Field(
-        default=None, description="With stream.", examples=[{"include_usage": True}]
+        default=None,
+        description="What a stream carries besides the tokens (without stream, the answer has "
+        "its usage anyway).",
+        examples=[{"include_usage": True}],
     )
     logit_bias: dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
         default=None,
@@ -124,17 +128,22 @@ class CompletionRequest(_Request):
     user: Text | None = Field(
         default=None, description="Accepted and ignored.", examples=["user-1"]
     )
+    # Accepted only at the value that changes nothing; the route's 400 says so.
     best_of: int | None = Field(
-        default=None, ge=1, description="Only 1 is supported.", examples=[1]
+        default=None, ge=1, description="Only 1 is supported.", examples=[1],
+        json_schema_extra={"enum": [1, None]},
     )
     presence_penalty: float | None = Field(
-        default=None, ge=-2.0, le=2.0, description="Only 0 is supported.", examples=[0.0]
+        default=None, ge=-2.0, le=2.0, description="Only 0 is supported.", examples=[0.0],
+        json_schema_extra={"enum": [0, None]},
     )
     frequency_penalty: float | None = Field(
-        default=None, ge=-2.0, le=2.0, description="Only 0 is supported.", examples=[0.0]
+        default=None, ge=-2.0, le=2.0, description="Only 0 is supported.", examples=[0.0],
+        json_schema_extra={"enum": [0, None]},
     )
     suffix: Text | None = Field(
-        default=None, description="Only null is supported.", examples=[None]
+        default=None, description="Only null is supported.", examples=[None],
+        json_schema_extra={"enum": [None]},
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic_core import PydanticCustomError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -51,7 +51,20 @@ class _Request(BaseModel):
                     "{count} unknown fields ({names}, ...)",
                     {"count": len(unknown), "names": names},
                 )
+        if isinstance(data, dict):
+            data = {k: _whole_numbers_as_ints(v) for k, v in data.items()}
         return data
+
+
+def _whole_numbers_as_ints(value: Any) -> Any:
+    """3.0 -> 3, in lists too: JSON has one number type, and JSON Schema's integer is any
+    number without a fraction (strict mode alone refuses 3.0 for an int; a float field still
+    takes the int)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, list):
+        return [_whole_numbers_as_ints(v) for v in value]
+    return value
 
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
@@ -97,17 +110,19 @@ class GenerateParameters(_Request):
         default=None,
         description='LoRA adapter (TGI). This model has none: only null or "" is accepted.',
         examples=[None],
+        json_schema_extra={"enum": ["", None]},
     )
     best_of: int | None = Field(
         default=None,
         ge=1,
         description="Sequences to sample, keeping the most likely (TGI). Only null or 1 here.",
         examples=[None],
+        json_schema_extra={"enum": [1, None]},
     )
     decoder_input_details: bool = Field(
         default=False,
         description="Fill details.prefill with the prompt tokens' log-probabilities "
-        "(the first, <eos>, has null). Not with streaming.",
+        "(the first, <eos>, has null); streamed, on the last event's details.",
         examples=[False],
     )
     details: bool = Field(
@@ -123,11 +138,13 @@ class GenerateParameters(_Request):
         description="Frequency penalty (TGI). Not supported: only null or 0 is accepted; "
         "use repetition_penalty.",
         examples=[None],
+        json_schema_extra={"enum": [0, None]},
     )
     grammar: dict[str, Any] | None = Field(
         default=None,
         description="Constrained decoding grammar (TGI). Not supported: only null is accepted.",
         examples=[None],
+        json_schema_extra={"enum": [None]},
     )
     max_new_tokens: int | None = Field(
         default=None,
@@ -158,8 +175,9 @@ class GenerateParameters(_Request):
     stop: list[Text] | None = Field(
         default=None,
         fail_fast=True,
-        description="Stop sequences (at most 4 of at most 8 words), matched on normalised "
-        "tokens; the matched sequence is included in the output.",
+        description="Stop sequences (at most 4), matched on normalised tokens; the matched "
+        "sequence is included in the output. One with no tokens, or longer than "
+        "max_new_tokens, never matches.",
         examples=[["the end"]],
     )
     temperature: float | None = Field(
@@ -204,6 +222,7 @@ class GenerateParameters(_Request):
         default=False,
         description="Watermarking (TGI). Not supported: only false is accepted.",
         examples=[False],
+        json_schema_extra={"enum": [False]},
     )
     stop_at_eos: bool = Field(
         default=True,
@@ -358,6 +377,12 @@ class StreamDetails(BaseModel):
         description="Prompt tokens the model read, the starting <eos> included.", examples=[6]
     )
     oov: list[str] = Field(description="Prompt words outside the vocabulary.", examples=[[]])
+    prefill: list[PrefillToken] | None = Field(
+        default=None,
+        description="With decoder_input_details: the prompt tokens and their log-probabilities "
+        "(the first, <eos>, has null).",
+        examples=[None],
+    )
 
 
 class StreamResponse(BaseModel):
@@ -398,6 +423,12 @@ class StreamResponse(BaseModel):
 # --- /perplexity --------------------------------------------------------------------------------
 
 
+def exactly_one_of(*names: str, types: dict[str, str]) -> list[JsonValue]:
+    """JSON Schema's oneOf for "give exactly one of these fields, not null" (the route checks
+    it, with a message that says so)."""
+    return [{"required": [n], "properties": {n: {"type": types[n]}}} for n in names]
+
+
 class PerplexityRequest(_Request):
     """Texts to score; give exactly one of text and texts."""
 
@@ -405,6 +436,11 @@ class PerplexityRequest(_Request):
         extra="forbid",
         strict=True,
         json_schema_extra={
+            "oneOf": exactly_one_of("text", "texts", types={"text": "string", "texts": "array"}),
+            # top_k's ranks and alternatives belong to the tokens: they need return_tokens
+            "if": {"required": ["top_k"], "properties": {"top_k": {"minimum": 1}}},
+            "then": {"required": ["return_tokens"],
+                     "properties": {"return_tokens": {"const": True}}},
             "examples": [
                 {"texts": ["the stock market fell sharply", "prices rose"], "return_tokens": False},
                 {"text": "the stock market fell sharply", "eos": True, "oov": "unk"},
@@ -434,8 +470,8 @@ class PerplexityRequest(_Request):
     )
     oov: Literal["unk", "reject"] = Field(
         default="unk",
-        description="unk: score words outside the vocabulary as <unk>; reject: answer 422 "
-        "listing them.",
+        description="unk: score words outside the vocabulary as <unk>; reject: answer 409 "
+        "listing them (the request is well formed; the served vocabulary lacks the words).",
         examples=["unk"],
     )
     top_k: int = Field(
@@ -581,7 +617,8 @@ class NextWordRequest(_Request):
     targets: list[Text] | None = Field(
         default=None,
         fail_fast=True,
-        description="Words whose probability is wanted (at most 100; each one token).",
+        description="Words whose probability is wanted next (at most 100). A target of several "
+        "tokens gets the probability of the whole sequence, one with none 1.",
         examples=[["market", "price"]],
     )
 
@@ -602,16 +639,25 @@ class TargetScore(BaseModel):
 
     model_config = _RESPONSE
 
-    token: str = Field(description="The target as normalised.", examples=["price"])
+    token: str = Field(
+        description="The target as normalised (its tokens joined by spaces).", examples=["price"]
+    )
+    num_tokens: int = Field(
+        description="Its tokens: 1 for a word; a sequence's probability is the product of "
+        "each token's given the context and the tokens before it.",
+        examples=[1],
+    )
     in_vocab: bool = Field(
-        description="False when the word is outside the vocabulary.", examples=[True]
+        description="False when a token is outside the vocabulary.", examples=[True]
     )
     prob: float | None = Field(description="Probability; null when OOV.", examples=[0.01])
     logprob: float | None = Field(
         description="Natural-log probability; null when OOV.", examples=[-4.6]
     )
     rank: int | None = Field(
-        description="1-based rank in the distribution; null when OOV.", examples=[14]
+        description="1-based rank in the distribution, for a one-token target; null when OOV "
+        "or not one token.",
+        examples=[14],
     )
 
 
@@ -632,7 +678,8 @@ class NextWordResponse(BaseModel):
     targets: list[TargetScore] = Field(
         description="The requested targets, in order.",
         examples=[
-            [{"token": "price", "in_vocab": True, "prob": 0.01, "logprob": -4.6, "rank": 14}]
+            [{"token": "price", "num_tokens": 1, "in_vocab": True, "prob": 0.01,
+              "logprob": -4.6, "rank": 14}]
         ],
     )
     entropy_bits: float = Field(
@@ -651,6 +698,7 @@ class TokenizeRequest(_Request):
         extra="forbid",
         strict=True,
         json_schema_extra={
+            "oneOf": exactly_one_of("prompt", "text", types={"prompt": "string", "text": "string"}),
             "examples": [
                 {"prompt": "The U.S. economy can't grow 3.5% a year.", "add_special_tokens": True},
                 {"text": "The U.S. economy can't grow 3.5% a year."},

@@ -141,8 +141,6 @@ def _check_supported(req: CompletionRequest) -> None:
         raise validation_error("frequency_penalty: only 0 is supported", "frequency_penalty")
     if req.suffix is not None:
         raise validation_error("suffix: only null is supported (no insertion)", "suffix")
-    if req.stream_options is not None and not req.stream:
-        raise validation_error("stream_options needs stream: true", "stream_options")
 
 
 def _logit_bias(req: CompletionRequest, vocab_size: int) -> tuple[tuple[int, float], ...]:
@@ -181,8 +179,6 @@ async def make_plan(req: CompletionRequest, engine: Engine, settings: Settings) 
     """Check the request against the model and Settings."""
     check_model(req.model, engine)
     _check_supported(req)
-    if req.top_k is not None and req.top_k < -1:
-        raise validation_error("top_k must be -1 (all), 0 (all) or positive", "top_k")
     max_tokens = 16 if req.max_tokens is None else req.max_tokens
     if max_tokens > settings.max_new_tokens:
         raise validation_error(f"max_tokens is {max_tokens}, more than the limit of "
@@ -197,18 +193,20 @@ async def make_plan(req: CompletionRequest, engine: Engine, settings: Settings) 
     n = req.n or 1
     total = sum(len(p.ids) for p in prompts) + n * len(prompts) * max_tokens
     if total > settings.max_request_tokens:
-        raise validation_error(
-            f"the prompts' tokens plus n x max_tokens for each ({total}) are more than the "
-            f"limit of {settings.max_request_tokens} tokens per request (max_model_len)",
-            "prompt")
+        # As OpenAI answers a request larger than its token budget: 429, not a 400. The budget
+        # is a product of fields (prompts x n x max_tokens) that no schema can state.
+        raise ApiError(
+            429, "rate_limit_exceeded",
+            f"request too large: the prompts' tokens plus n x max_tokens for each ({total}) are "
+            f"more than this server's {settings.max_request_tokens} tokens per request "
+            "(max_model_len); send fewer prompts, a smaller n or max_tokens", "prompt")
     stop_ids: list[list[int]] = []
-    for i, st in enumerate(await tokenize_all(stop, engine.tokenizer)):
-        if not st.ids:
-            raise validation_error(f"stop[{i}] has no tokens after normalisation", f"stop[{i}]")
-        if len(st.ids) > settings.max_stop_words:
-            raise validation_error(f"stop[{i}] has {len(st.ids)} words, more than the limit of "
-                                   f"{settings.max_stop_words}", f"stop[{i}]")
-        stop_ids.append(st.ids)
+    stop_texts: list[str] = []  # the text of each of stop_ids, for stop_reason
+    for text, st in zip(stop, await tokenize_all(stop, engine.tokenizer), strict=True):
+        # one with no tokens, or longer than the output may be, never matches
+        if 0 < len(st.ids) <= max_tokens:
+            stop_ids.append(st.ids)
+            stop_texts.append(text)
     sampling = _sampling(req, len(engine.vocab.id_to_word))
     seed = req.seed
     if sampling.do_sample and seed is None:
@@ -227,7 +225,7 @@ async def make_plan(req: CompletionRequest, engine: Engine, settings: Settings) 
                     stop_sequences=tuple(tuple(x) for x in stop_ids),
                     top_n_tokens=req.logprobs or 0,
                 ))
-    return Plan(prompts, n, max_tokens, req.logprobs, bool(req.echo), requests, stop)
+    return Plan(prompts, n, max_tokens, req.logprobs, bool(req.echo), requests, stop_texts)
 
 
 def _top_map(vocab: Vocab, pairs: Sequence[tuple[int, float]], chosen: int, lp: float
@@ -363,7 +361,7 @@ async def complete(engine: Engine, plan: Plan, settings: Settings, metrics: Metr
     if plan.requests:
         try:
             async with asyncio.timeout(settings.request_timeout_s):
-                results = await asyncio.gather(*(engine.generate_all(r) for r in plan.requests))
+                results = await _all_choices(engine, plan.requests)
         except TimeoutError as e:
             raise ApiError(504, "timeout", "the completion took longer than request_timeout_s "
                            f"({settings.request_timeout_s} s)") from e
@@ -376,6 +374,18 @@ async def complete(engine: Engine, plan: Plan, settings: Settings, metrics: Metr
     return CompletionResponse(
         id=f"cmpl-{secrets.token_hex(12)}", created=int(time.time()), model=served_model(engine),
         choices=[b.choice() for b in builders], usage=_usage(plan, completion))
+
+
+async def _all_choices(engine: Engine, requests: list[GenerationRequest]
+                       ) -> list[list[EngineStep]]:
+    """Every choice's steps; when one fails (the engine is full), the others stop too."""
+    tasks = [asyncio.ensure_future(engine.generate_all(r)) for r in requests]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
 
 
 def _builders(plan: Plan, echoes: list[Echo] | None, vocab: Vocab) -> list[ChoiceBuilder]:

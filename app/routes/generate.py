@@ -166,17 +166,12 @@ def sampling_params(p: GenerateParameters) -> SamplingParams:
 
 
 async def make_plan(
-    req: GenerateRequest, settings: Settings, tokenizer: Tokenizer, streaming: bool
+    req: GenerateRequest, settings: Settings, tokenizer: Tokenizer
 ) -> Plan:
     """Check every parameter and limit; normalise the prompt and the stop sequences."""
     p = req.parameters
     _check_supported(p)
     check_chars(req.inputs, "inputs", settings)
-    if streaming and p.decoder_input_details:
-        raise validation_error(
-            "parameters.decoder_input_details: not supported with streaming",
-            "parameters.decoder_input_details",
-        )
     max_new = p.max_new_tokens
     if max_new is None:
         max_new = min(settings.default_max_new_tokens, settings.max_new_tokens)
@@ -204,17 +199,8 @@ async def make_plan(
         check_chars(s, f"parameters.stop[{i}]", settings)
     vocab = tokenizer.vocab
     prompt, *stop_toks = await tokenize_all([req.inputs, *stop], tokenizer)
-    stops: list[list[int]] = []
-    for i, st in enumerate(stop_toks):
-        name = f"parameters.stop[{i}]"
-        if not st.ids:
-            raise validation_error(f"{name} has no tokens after normalisation", name)
-        if len(st.ids) > settings.max_stop_words:
-            raise validation_error(
-                f"{name} has {len(st.ids)} words, more than the limit of {settings.max_stop_words}",
-                name,
-            )
-        stops.append(st.ids)
+    # one with no tokens, or longer than the output may be, never matches
+    stops = [st.ids for st in stop_toks if 0 < len(st.ids) <= max_new]
     ids = prompt.ids
     if p.truncate is not None and len(ids) > p.truncate:
         ids = ids[-p.truncate :]
@@ -359,6 +345,9 @@ async def generate_stream_response(
     metrics.prompt_tokens.inc(len(plan.prompt_ids))
     metrics.oov_tokens.labels("/generate_stream").inc(len(plan.oov))
 
+    # TGI's events have no prefill: it is sent only when decoder_input_details asks for it
+    unasked = None if plan.request.prefill_logprobs else {"details": {"prefill"}}
+
     async def events() -> AsyncIterator[dict[str, str]]:
         renderer = Renderer(engine.vocab)
         async with aclosing(gen):
@@ -382,11 +371,13 @@ async def generate_stream_response(
                             seed=plan.request.seed,
                             input_length=len(plan.prompt_ids),
                             oov=plan.oov,
+                            prefill=_prefill(engine.vocab, plan, first)
+                            if plan.request.prefill_logprobs else None,
                         )
                         if last
                         else None,
                     )
-                    yield {"data": event.model_dump_json()}
+                    yield {"data": event.model_dump_json(exclude=unasked)}
                     s = None if last else await anext(gen, None)
             except Exception:
                 logger.exception("generation failed mid-stream")
@@ -408,7 +399,7 @@ async def _answer(
     metrics: Metrics,
 ) -> GenerateResponse | EventSourceResponse:
     """Plan, then stream or run to the end."""
-    plan = await make_plan(req, settings, engine.tokenizer, streaming=stream)
+    plan = await make_plan(req, settings, engine.tokenizer)
     if stream:
         return await generate_stream_response(engine, plan, metrics)
     return await generate_once(engine, plan, settings, metrics)

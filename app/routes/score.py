@@ -8,10 +8,11 @@ import numpy as np
 from fastapi import APIRouter
 
 from app.deps import EngineDep, MetricsDep, SettingsDep, check_chars, tokenize_all
-from app.errors import ERROR_RESPONSES, validation_error
+from app.errors import ERROR_RESPONSES, ApiError, validation_error
 from app.schemas import (
     Aggregate,
     Alternative,
+    ErrorResponse,
     NextWordRequest,
     NextWordResponse,
     PerplexityRequest,
@@ -37,7 +38,9 @@ def _shorten(word: str, n: int = 40) -> str:
 @router.post(
     "/perplexity",
     response_model=PerplexityResponse,
-    responses=ERROR_RESPONSES,
+    responses={**ERROR_RESPONSES, 409: {
+        "model": ErrorResponse,
+        "description": 'With oov "reject": words outside the vocabulary (details lists them).'}},
     summary="Score texts: perplexity, log-probability and per-token log-probabilities",
 )
 async def perplexity(
@@ -73,9 +76,9 @@ async def perplexity(
                 f"{name}: " + ", ".join(repr(_shorten(w)) for w in words[:10])
                 for _, name, words in bad[:5]
             )
-            raise validation_error(
-                f"words outside the vocabulary (oov=reject): {listed}",
-                bad[0][1],
+            # 409, not 422: the request is well formed, the served vocabulary lacks the words
+            raise ApiError(
+                409, "oov", f"words outside the vocabulary (oov=reject): {listed}", bad[0][1],
                 [{"param": name, "index": i, "oov": words} for i, name, words in bad],
             )
     eos = vocab.eos_id
@@ -163,25 +166,22 @@ async def next_word(
         check_chars(t, f"targets[{i}]", settings)
     vocab = engine.vocab
     ctx, *target_toks = await tokenize_all([req.context, *targets], engine.tokenizer)
-    for i, tt in enumerate(target_toks):
-        if len(tt.words) != 1:
-            what = (
-                "has no tokens after normalisation"
-                if not tt.words
-                else f"normalises to {len(tt.words)} tokens ("
-                + " ".join(_shorten(w, 20) for w in tt.words[:8])
-                + "); a target must be one token"
-            )
-            raise validation_error(f"targets[{i}] {what}", f"targets[{i}]")
-    if len(ctx.ids) + 1 > settings.max_request_tokens:
+    if len(ctx.ids) + 1 + max((len(t.ids) for t in target_toks), default=0) > \
+            settings.max_request_tokens:
         raise validation_error(
             f"context has {len(ctx.ids)} tokens, more than the limit of "
-            f"{settings.max_request_tokens}",
+            f"{settings.max_request_tokens} with its longest target",
             "context",
         )
-    logp = await engine.next_word([vocab.eos_id, *ctx.ids])
-
+    start = [vocab.eos_id, *ctx.ids]
+    logp = await engine.next_word(start)
     lp64 = logp.astype(np.float64)
+    # A target of several tokens is scored after the context by the batched scorer; the
+    # context's states come from the prefix cache the next-word step just filled.
+    longer = [i for i, t in enumerate(target_toks) if len(t.ids) > 1]
+    seq_lps = dict(zip(longer, await engine.score(
+        [[*start, *target_toks[i].ids] for i in longer]), strict=True)) if longer else {}
+
     k = min(top_k, lp64.size)
     top = np.argpartition(-lp64, k - 1)[:k]
     top = top[np.argsort(-lp64[top], kind="stable")]
@@ -192,24 +192,20 @@ async def next_word(
         for i in top
     ]
     scored: list[TargetScore] = []
-    for tt in target_toks:
-        word = tt.words[0]
-        tid = vocab.word_to_id.get(word)
-        if tid is None:
-            scored.append(
-                TargetScore(token=word, in_vocab=False, prob=None, logprob=None, rank=None)
-            )
+    for i, tt in enumerate(target_toks):
+        word, n = " ".join(tt.words), len(tt.ids)
+        if any(tt.oov):
+            scored.append(TargetScore(token=word, num_tokens=n, in_vocab=False, prob=None,
+                                      logprob=None, rank=None))
             continue
-        v = lp64[tid]
-        scored.append(
-            TargetScore(
-                token=word,
-                in_vocab=True,
-                prob=math.exp(v),
-                logprob=float(v),
-                rank=int(np.count_nonzero(lp64 > v)) + 1,
-            )
-        )
+        rank = None
+        if n == 1:
+            v = float(lp64[tt.ids[0]])
+            rank = int(np.count_nonzero(lp64 > v)) + 1
+        else:  # the empty sequence is certain
+            v = float(seq_lps[i][len(start) - 1 :].astype(np.float64).sum()) if n else 0.0
+        scored.append(TargetScore(token=word, num_tokens=n, in_vocab=True, prob=math.exp(v),
+                                  logprob=v, rank=rank))
     p = np.exp(lp64)
     entropy_bits = float(-(p * lp64).sum() / math.log(2.0))
     metrics.prompt_tokens.inc(len(ctx.ids) + 1)

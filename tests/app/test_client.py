@@ -39,7 +39,7 @@ def test_errors_are_typed(client: TestClient) -> None:
     with pytest.raises(RnnlmError) as e:
         c.perplexity(["qqxyzzy"], oov="reject")
     err = e.value
-    assert (err.status, err.error_type, err.param) == (422, "validation", "texts[0]")
+    assert (err.status, err.error_type, err.param) == (409, "oov", "texts[0]")
     assert err.details[0]["oov"] == ["qqxyzzy"]
     assert "qqxyzzy" in str(err)
     with pytest.raises(RnnlmError) as e:

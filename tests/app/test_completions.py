@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -168,6 +169,25 @@ def test_errors_use_openais_envelope(client: TestClient, body: dict, param: str)
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
     assert err["type"] == "invalid_request_error" and param in (err["param"] or "")
+
+
+def test_a_request_over_the_token_budget_is_a_429_as_openai_answers(make_client: Any) -> None:
+    with make_client(max_request_tokens=50) as c:
+        r = c.post("/v1/completions", json={"prompt": ["a", "b"], "n": 5, "max_tokens": 5})
+        assert r.status_code == 429 and "Retry-After" not in r.headers  # retrying cannot help
+        err = r.json()["error"]
+        assert err["code"] == "rate_limit_exceeded" and err["type"] == "tokens"
+        assert "max_model_len" in err["message"]
+        ok = c.post("/v1/completions", json={"prompt": ["a", "b"], "n": 4, "max_tokens": 5})
+        assert ok.status_code == 200, ok.text
+
+
+def test_whole_numbers_are_integers_as_json_schema_reads_them(client: TestClient) -> None:
+    r = client.post("/v1/completions", json={"prompt": [5.0, 7.0], "max_tokens": 2.0, "n": 1.0,
+                                             "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert client.post("/v1/completions", json={"prompt": "a", "max_tokens": 2.5}
+                       ).status_code == 400
 
 
 def test_values_that_change_nothing_are_accepted(client: TestClient) -> None:

@@ -86,8 +86,6 @@ INVALID: list[tuple[str, Any, str | None, str]] = [
     (G, gp(top_n_tokens=6), "parameters.top_n_tokens", "limit of 5"),
     (G, gp(truncate=0), "parameters.truncate", "greater than or equal to 1"),
     (G, gp(stop=["a", "b", "c", "d", "e"]), "parameters.stop", "limit of 4"),
-    (G, gp(stop=["one two three four five six seven eight nine"]), "parameters.stop[0]", "9 words"),
-    (G, gp(stop=["a", "!!!"]), "parameters.stop[1]", "no tokens"),
     (G, gp(stop="the"), "parameters.stop", "list"),
     # what this model cannot honour
     (G, gp(best_of=2), "parameters.best_of", "not supported"),
@@ -95,18 +93,6 @@ INVALID: list[tuple[str, Any, str | None, str]] = [
     (G, gp(grammar={"type": "json", "value": {}}), "parameters.grammar", "not supported"),
     (G, gp(adapter_id="lora-1"), "parameters.adapter_id", "not supported"),
     (G, gp(frequency_penalty=0.5), "parameters.frequency_penalty", "not supported"),
-    (
-        "/generate_stream",
-        gp(decoder_input_details=True),
-        "parameters.decoder_input_details",
-        "streaming",
-    ),
-    (
-        G,
-        {**gp(decoder_input_details=True), "stream": True},
-        "parameters.decoder_input_details",
-        "streaming",
-    ),
     # empty and too much
     (P, {}, "text", '"texts"'),
     (P, {"text": "a", "texts": ["b"]}, "texts", "not both"),
@@ -119,8 +105,6 @@ INVALID: list[tuple[str, Any, str | None, str]] = [
     (N, {"context": "a", "top_k": 0}, "top_k", "greater than or equal to 1"),
     (N, {"context": "a", "top_k": 101}, "top_k", "limit of 100"),
     (N, {"context": "a", "targets": ["a"] * 101}, "targets", "limit of 100"),
-    (N, {"context": "a", "targets": ["market", "new york"]}, "targets[1]", "2 tokens"),
-    (N, {"context": "a", "targets": [""]}, "targets[0]", "no tokens"),
 ]
 
 
@@ -193,7 +177,7 @@ def test_very_long_words_are_oov_not_errors(client: TestClient) -> None:
     r = client.post("/next-word", json={"context": "a", "targets": [word]})
     assert r.status_code == 200 and r.json()["targets"][0]["in_vocab"] is False
     r = client.post("/perplexity", json={"text": "the qqq", "oov": "reject"})
-    check_envelope(r, 422, param="text", says="qqq")
+    check_envelope(r, 409, "oov", param="text", says="qqq")
 
 
 def test_request_token_limit(make_client: MakeClient) -> None:
@@ -223,7 +207,6 @@ def test_limits_follow_the_settings(make_client: MakeClient) -> None:
         max_text_chars=10,
         max_new_tokens=5,
         max_stop_sequences=1,
-        max_stop_words=2,
         max_top_n_tokens=1,
         max_targets=1,
         max_top_k=3,
@@ -242,9 +225,6 @@ def test_limits_follow_the_settings(make_client: MakeClient) -> None:
             says="limit of 5",
         )
         check_envelope(c.post("/generate", json=gp(stop=["a", "b"])), 422, param="parameters.stop")
-        check_envelope(
-            c.post("/generate", json=gp(stop=["a b c"])), 422, param="parameters.stop[0]"
-        )
         check_envelope(
             c.post("/generate", json=gp(top_n_tokens=2)), 422, param="parameters.top_n_tokens"
         )

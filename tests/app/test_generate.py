@@ -150,6 +150,23 @@ def test_decoder_input_details_gives_prefill_logprobs(
     np.testing.assert_allclose([t["logprob"] for t in prefill[1:]], want, atol=1e-4)
 
 
+def test_decoder_input_details_streamed_on_the_last_event(client: TestClient) -> None:
+    params = {"max_new_tokens": 3, "decoder_input_details": True, "stop_at_eos": False}
+    whole = gen(client, "the big house", details=True, **params)["details"]["prefill"]
+    events = stream_events(client, {"inputs": "the big house", "parameters": params})
+    assert events[-1]["details"]["prefill"] == whole
+    assert all(e["details"] is None for e in events[:-1])
+    plain = stream_events(client, {"inputs": "the", "parameters": {"max_new_tokens": 1}})
+    assert "prefill" not in plain[-1]["details"]  # TGI's event shape unless asked
+
+
+def test_a_stop_sequence_that_cannot_match_is_ignored(client: TestClient) -> None:
+    free = gen(client, "the", max_new_tokens=4, stop_at_eos=False)["generated_text"]
+    for stop in (["!!!", "   "], ["a b c d e f"]):  # no tokens; longer than max_new_tokens
+        d = gen(client, "the", max_new_tokens=4, stop_at_eos=False, stop=stop, details=True)
+        assert d["generated_text"] == free and d["details"]["finish_reason"] == "length"
+
+
 def test_top_n_tokens(client: TestClient) -> None:
     d = gen(client, "the", max_new_tokens=4, details=True, top_n_tokens=3, stop_at_eos=False)
     tops = d["details"]["top_tokens"]

@@ -70,7 +70,7 @@ def test_info(client: TestClient, tiny_loaded: LoadedWeights) -> None:
     assert info["limits"] == {
         "max_texts": 256, "max_text_chars": 20000, "max_request_tokens": 16384,
         "max_body_bytes": 1 << 20, "max_new_tokens": 512, "default_max_new_tokens": 20,
-        "max_stop_sequences": 4, "max_stop_words": 8, "max_top_n_tokens": 5,
+        "max_stop_sequences": 4, "max_top_n_tokens": 5,
         "max_targets": 100, "max_top_k": 100, "request_timeout_s": 60.0,
     }  # fmt: skip
     assert isinstance(info["version"], str) and info["version"]

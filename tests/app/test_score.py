@@ -176,9 +176,9 @@ def test_oov_reject_lists_the_words(client: TestClient) -> None:
     r = client.post(
         "/perplexity", json={"texts": ["the market", "a qqxyzzy and zzqqv"], "oov": "reject"}
     )
-    assert r.status_code == 422
+    assert r.status_code == 409  # well formed; the served vocabulary lacks the words
     err = r.json()
-    assert err["param"] == "texts[1]"
+    assert err["error_type"] == "oov" and err["param"] == "texts[1]"
     assert "qqxyzzy" in err["error"] and "zzqqv" in err["error"]
     assert err["details"] == [{"param": "texts[1]", "index": 1, "oov": ["qqxyzzy", "zzqqv"]}]
     ok = post(client, "/perplexity", {"texts": ["the market"], "oov": "reject"})
@@ -218,6 +218,7 @@ def test_next_word_targets_and_ranks(client: TestClient, tiny_loaded: LoadedWeig
     assert market["rank"] == int((dist > dist[vocab.word_to_id["market"]]).sum()) + 1
     assert oov == {
         "token": "qqxyzzy",
+        "num_tokens": 1,
         "in_vocab": False,
         "prob": None,
         "logprob": None,
@@ -226,6 +227,28 @@ def test_next_word_targets_and_ranks(client: TestClient, tiny_loaded: LoadedWeig
     assert eos["in_vocab"] and eos["token"] == "<eos>"
     assert preds[0]["logprob"] >= market["logprob"]
     assert 0 < body["entropy_bits"] <= math.log2(len(vocab)) + 1e-6
+
+
+def test_next_word_targets_of_several_tokens_and_of_none(
+    client: TestClient, tiny_loaded: LoadedWeights
+) -> None:
+    """A sequence's probability is the chain of its tokens' after the context, as /perplexity
+    scores the context followed by it; the empty sequence is certain."""
+    body = post(client, "/next-word", {"context": "the stock", "targets": [
+        "market fell", "don't", "", "big qqxyzzy"]})
+    seq, clitic, empty, oov = body["targets"]
+    assert (seq["token"], seq["num_tokens"], seq["rank"]) == ("market fell", 2, None)
+    whole = post(client, "/perplexity", {"text": "the stock market fell", "eos": False,
+                                         "return_tokens": True})["results"][0]["tokens"]
+    assert seq["logprob"] == pytest.approx(whole[2]["logprob"] + whole[3]["logprob"], abs=1e-4)
+    assert seq["prob"] == pytest.approx(math.exp(seq["logprob"]))
+    assert clitic["token"] == "do n't" and clitic["num_tokens"] == 2
+    assert empty == {"token": "", "num_tokens": 0, "in_vocab": True, "prob": 1.0,
+                     "logprob": 0.0, "rank": None}
+    assert oov["in_vocab"] is False and oov["prob"] is None and oov["num_tokens"] == 2
+    # a one-token target keeps its rank; alone or among others the numbers agree
+    one = post(client, "/next-word", {"context": "the stock", "targets": ["market"]})
+    assert one["targets"][0]["rank"] >= 1
 
 
 def test_next_word_with_empty_context_and_oov_context(client: TestClient) -> None:
