@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.schemas import ErrorResponse
@@ -236,6 +237,8 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
         message = f"no route {path}; see /docs for the API"
     elif status == 405:
         message = f"method {request.method} is not allowed on {path}"
+        headers = {"Allow": ", ".join(_allowed_methods(request))}
+        return error_response(status, message, headers=headers, path=request.url.path)
     elif status == 400 and message == "There was an error parsing the body":
         # FastAPI's json.loads failed on something other than syntax: bad UTF-8, nesting past
         # Python's recursion limit, or an integer of more than 4300 digits
@@ -245,6 +248,17 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
         )
     return error_response(status, message, headers=getattr(exc, "headers", None),
                           path=request.url.path)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route on the request's path answers: Starlette's 405 names only the
+    first route's, and GET / and POST / are two routes."""
+    return [m for m in _METHODS if any(
+        route.matches({**request.scope, "method": m})[0] == Match.FULL
+        for route in request.app.routes)]
 
 
 async def overloaded_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -282,6 +282,10 @@ def test_not_found_and_method_not_allowed(client: TestClient) -> None:
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
     check_envelope(client.get("/generate"), 405, "method_not_allowed", says="GET")
     check_envelope(client.put("/perplexity", json={}), 405, "method_not_allowed")
+    # "/" is two routes (GET, POST): the Allow header names every method of the path
+    r = client.options("/")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert client.delete("/perplexity").headers["allow"] == "POST"
 
 
 def test_a_500_never_leaks_a_trace(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
