@@ -10,12 +10,12 @@ after normalisation) have no JSON Schema keyword: they are stated in words, and 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
 from app.openai_schemas import MAX_PROMPTS, MAX_STOP
+from model.weights import WeightsError, read_model_config
 
 
 def decimal_below(n: int) -> str:
@@ -41,9 +41,8 @@ def decimal_below(n: int) -> str:
 def vocab_size_of(weights_dir: Path) -> int | None:
     """The vocabulary size a weights directory's config.json names (None when unreadable)."""
     try:
-        meta = json.loads((weights_dir / "config.json").read_text(encoding="utf-8"))
-        return int(meta["model"]["vocab_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_model_config(weights_dir).vocab_size
+    except WeightsError:
         return None
 
 

@@ -62,8 +62,8 @@ def _whole_numbers_as_ints(value: Any) -> Any:
     takes the int)."""
     if isinstance(value, float):
         return int(value) if value.is_integer() else value
-    if isinstance(value, list):
-        return [_whole_numbers_as_ints(v) for v in value]
+    if isinstance(value, list) and any(isinstance(v, (float, list)) for v in value):
+        return [_whole_numbers_as_ints(v) for v in value]  # a list of ints is kept as it is
     return value
 
 

@@ -215,6 +215,23 @@ def _read_config(weights_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def _model_config(meta: dict[str, Any], config_path: Path) -> ModelConfig:
+    """config.json's "model" as a ModelConfig; raise WeightsError naming the file."""
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise WeightsError(f'{config_path}: "model" must be an object, got {model!r}')
+    try:
+        return ModelConfig.from_dict(model)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f'{config_path}: invalid "model": {e}') from e
+
+
+def read_model_config(weights_dir: str | Path) -> ModelConfig:
+    """A weights directory's architecture from its config.json alone (no parameters read)."""
+    path = Path(weights_dir)
+    return _model_config(_read_config(path), path / CONFIG_FILE)
+
+
 def _read_normalizer(meta: dict[str, Any], config_path: Path) -> Normalizer:
     """Format 2's "normalizer" (required there); ptb for format 1."""
     if meta.get("format_version") == 1:
@@ -290,13 +307,7 @@ def load_weights(path: str | Path) -> LoadedWeights:
 
     config_path = path / CONFIG_FILE
     meta = _read_config(path)
-    model = meta.get("model")
-    if not isinstance(model, dict):
-        raise WeightsError(f'{config_path}: "model" must be an object, got {model!r}')
-    try:
-        config = ModelConfig.from_dict(model)
-    except (TypeError, ValueError) as e:
-        raise WeightsError(f'{config_path}: invalid "model": {e}') from e
+    config = _model_config(meta, config_path)
     normalizer = _read_normalizer(meta, config_path)
     dtype = meta.get("dtype")
     if dtype not in DTYPES:

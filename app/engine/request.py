@@ -16,8 +16,9 @@ class GenerationRequest:
     """A validated generation: prompt ids ([eos, tokens...]), limits, sampling and extras.
 
     ``seed`` seeds the request's own np.random.Generator (sampling only); ``stop_sequences``
-    are token-id lists the output may end with; ``top_n_tokens`` alternatives are reported
-    per step; ``prefill_logprobs`` asks for the prompt's log-probabilities on the first step.
+    are token-id lists the output may end with (those that cannot match are dropped);
+    ``top_n_tokens`` alternatives are reported per step; ``prefill_logprobs`` asks for the
+    prompt's log-probabilities on the first step.
     """
 
     prompt_ids: tuple[int, ...]
@@ -34,8 +35,10 @@ class GenerationRequest:
             raise ValueError("the prompt needs at least one token (start with <eos>)")
         # lists in, tuples kept: the request is immutable and may be shared with a stream
         object.__setattr__(self, "prompt_ids", tuple(int(i) for i in self.prompt_ids))
+        # one with no tokens, or longer than the output may be, can never match
         object.__setattr__(self, "stop_sequences", tuple(
-            tuple(int(i) for i in s) for s in self.stop_sequences if len(s)
+            tuple(int(i) for i in s) for s in self.stop_sequences
+            if 0 < len(s) <= self.max_new_tokens
         ))
 
     @classmethod

@@ -129,7 +129,7 @@ class Plan:
     logprobs: int | None
     echo: bool
     requests: list[GenerationRequest]  # one per choice, prompt-major; empty with max_tokens 0
-    stop_texts: list[str]
+    stop_texts: dict[tuple[int, ...], str]  # each stop sequence's text, for stop_reason
 
 
 async def make_plan(req: CompletionRequest, engine: Engine, settings: Settings) -> Plan:
@@ -157,13 +157,11 @@ async def make_plan(req: CompletionRequest, engine: Engine, settings: Settings) 
             f"request too large: the prompts' tokens plus n x max_tokens for each ({total}) are "
             f"more than this server's {settings.max_request_tokens} tokens per request "
             "(max_model_len); send fewer prompts, a smaller n or max_tokens", "prompt")
-    stop_ids: list[list[int]] = []
-    stop_texts: list[str] = []  # the text of each of stop_ids, for stop_reason
-    for text, st in zip(stop, await tokenize_all(stop, engine.tokenizer), strict=True):
-        # one with no tokens, or longer than the output may be, never matches
-        if 0 < len(st.ids) <= max_tokens:
-            stop_ids.append(st.ids)
-            stop_texts.append(text)
+    stop_toks = await tokenize_all(stop, engine.tokenizer)
+    stop_ids = [st.ids for st in stop_toks]  # GenerationRequest drops those that cannot match
+    stop_texts: dict[tuple[int, ...], str] = {}
+    for text, ids in zip(stop, stop_ids, strict=True):
+        stop_texts.setdefault(tuple(ids), text)
     sampling = _sampling(req, len(engine.vocab.id_to_word))
     seed = req.seed
     if sampling.do_sample and seed is None:

@@ -172,12 +172,13 @@ class ChoiceBuilder:
 
 
 def _finish(b: ChoiceBuilder, steps: list[EngineStep], req: GenerationRequest,
-            stop_texts: list[str]) -> None:
+            stop_texts: dict[tuple[int, ...], str]) -> None:
     """After the last step: a stop sequence's tokens leave the output, as OpenAI's do."""
     if steps and steps[-1].finish_reason == "stop_sequence":
         k = matched_stop([s.id for s in steps], req.stop_sequences)
         if k is not None:
-            b.drop_stop(len(req.stop_sequences[k]), stop_texts[k])
+            seq = req.stop_sequences[k]
+            b.drop_stop(len(seq), stop_texts[seq])
 
 
 async def complete(engine: Engine, plan: Plan, settings: Settings, metrics: Metrics
@@ -301,10 +302,10 @@ async def stream(engine: Engine, plan: Plan, req: CompletionRequest, metrics: Me
                 held[k].append(item)
                 if item.finish_reason == "stop_sequence":
                     m = matched_stop(ids[k], stops)
-                    n_stop = len(stops[m]) if m is not None else 0
-                    for s in held[k][: len(held[k]) - n_stop]:
+                    seq = stops[m] if m is not None else ()
+                    for s in held[k][: len(held[k]) - len(seq)]:
                         yield chunk([token_choice(b, s)])
-                    b.finish, b.stop_reason = "stop", plan.stop_texts[m] if m is not None else None
+                    b.finish, b.stop_reason = "stop", plan.stop_texts.get(seq)
                     yield chunk([CompletionChoice(
                         index=b.index, text="", finish_reason="stop", stop_reason=b.stop_reason,
                         logprobs=None if plan.logprobs is None else CompletionLogprobs(

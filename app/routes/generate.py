@@ -199,8 +199,7 @@ async def make_plan(
         check_chars(s, f"parameters.stop[{i}]", settings)
     vocab = tokenizer.vocab
     prompt, *stop_toks = await tokenize_all([req.inputs, *stop], tokenizer)
-    # one with no tokens, or longer than the output may be, never matches
-    stops = [st.ids for st in stop_toks if 0 < len(st.ids) <= max_new]
+    stops = [st.ids for st in stop_toks]  # GenerationRequest drops those that cannot match
     ids = prompt.ids
     if p.truncate is not None and len(ids) > p.truncate:
         ids = ids[-p.truncate :]
