@@ -81,6 +81,9 @@ class TrainConfig:
     # NT-ASGD: average the weights once validation has not improved for this many epochs
     # (0: never)
     asgd_nonmono: int = 0
+    # NT-ASGD at the latest after this epoch, whether or not the trigger fired (0: only the
+    # trigger): a run of a fixed budget gets its average even while validation still improves
+    asgd_start: int = 0
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -361,7 +364,8 @@ class Trainer:
             source = self.averager.mean if self.averager is not None else self.model.params
             self.best_params = {k: v.astype(np.float32) for k, v in source.items()}
         previous = [h["valid_ppl"] for h in st.history]
-        if not averaged and should_start_averaging(previous, ppl, cfg.asgd_nonmono):
+        due = cfg.asgd_start > 0 and st.epoch + 1 >= cfg.asgd_start
+        if not averaged and (due or should_start_averaging(previous, ppl, cfg.asgd_nonmono)):
             self.averager = Averager(self.model.params)
             st.asgd_start_epoch, st.asgd_steps = st.epoch + 1, 1
             logger.info("NT-ASGD: averaging the weights from epoch %d on", st.epoch + 2)

@@ -88,6 +88,21 @@ def test_awd_run_uses_every_part_and_averages(tmp_path: Path) -> None:
     assert [h["averaged"] for h in tr.state.history] == [False, False, False, True]
 
 
+def test_asgd_start_averages_from_that_epoch_while_validation_still_improves(
+    tmp_path: Path,
+) -> None:
+    tr = make_trainer(tmp_path, small_config(epochs=3, **{**AWD_SMALL, "asgd_start": 2}))
+    ppls = iter([50.0, 40.0, 30.0])  # always improving: the trigger never fires
+
+    def validate() -> float:
+        return next(ppls)
+
+    tr.validate = validate  # type: ignore[method-assign]
+    assert tr.fit(progress=False)
+    assert tr.state.asgd_start_epoch == 2
+    assert [h["averaged"] for h in tr.state.history] == [False, False, True]
+
+
 def test_a_stopped_awd_run_resumes_bit_for_bit(tmp_path: Path) -> None:
     cfg = small_config(epochs=3, **AWD_SMALL)
     a = make_trainer(tmp_path / "a", cfg)
