@@ -76,6 +76,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from model.score_ray import RayRun, run_ray
 
+        if args.threads is not None:
+            raise ValueError("--threads is for the local engine (Ray scores on --workers actors)")
         result = run_ray(RayRun(
             weights=Path(args.weights), inputs=inputs, out=out,
             out_dir=Path(args.out_dir) if args.out_dir else None, out_format=args.out_format,
@@ -89,8 +91,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise ValueError("--out-dir and --ray-address need --engine ray")
         result = run_score(ScoreRun(
             weights=Path(args.weights), inputs=inputs, out=out, options=opts,
-            workers=1 if args.workers is None else args.workers, resume=args.resume,
-            progress=not args.quiet, window=args.window,
+            workers=1 if args.workers is None else args.workers, threads=args.threads,
+            resume=args.resume, progress=not args.quiet, window=args.window,
         ))
     if args.json:
         _emit(args, result, "")
@@ -319,9 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a line that cannot be read: stop (exit status 2, every earlier line "
                     "written) or skip (write {line, error} and go on); default stop")
     sp.add_argument("--workers", type=int, default=None,
-                    help="processes scoring in parallel, one BLAS thread each; default 1, "
-                    "which uses every BLAS thread (with --engine ray: the actors, default one "
-                    "per CPU of the cluster)")
+                    help="processes scoring in parallel, one thread each; default 1 (with "
+                    "--engine ray: the actors, default one per CPU of the cluster)")
+    sp.add_argument("--threads", type=int, default=None,
+                    help="one process's scoring threads, each with one BLAS thread and its own "
+                    "windows (default: one per CPU it may use)")
     sp.add_argument("--window", type=int, default=WINDOW_LINES,
                     help="input lines sorted by length, scored and written together (default "
                     f"{WINDOW_LINES}); the unit Ctrl-C waits for and a worker takes")

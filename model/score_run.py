@@ -3,9 +3,14 @@ worker processes, written in input order with resume, signal-safe stops and a pr
 
 Input lines are read as bytes (only ``\\n`` ends a line) from the files in order, numbered
 across them as ``cat`` would join them, and cut into windows of ``window`` lines; a window is
-the unit a worker scores (``Scorer.score_lines``) and the unit written and flushed. With
-``--workers N`` at most ``2 N`` windows are in flight, so memory stays bounded whatever the
-input's size, and windows are written in the order they were read.
+the unit a worker scores (``Scorer.score_lines``) and the unit written and flushed. One
+process scores windows on ``threads`` threads (one per CPU by default) sharing one read-only
+model, each with one BLAS thread: numpy releases the GIL in its matrix products and
+elementwise loops, so a second thread also puts the second core to the LSTM cell and the
+softmax, which BLAS threads leave to one core (bench/README.md). ``--workers N`` runs N
+processes of one thread instead. At most ``2 x`` (threads or workers) windows are in flight,
+so memory stays bounded whatever the input's size, and windows are written in the order they
+were read.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -47,6 +53,7 @@ class ScoreRun:
     out: Path | None = None  # None: standard output
     options: ScoreOptions = field(default_factory=ScoreOptions)
     workers: int = 1
+    threads: int | None = None  # scoring threads of one process; None: one per usable CPU
     resume: bool = False
     progress: bool = True
     window: int = WINDOW_LINES
@@ -55,6 +62,11 @@ class ScoreRun:
         """A ScoreRunError for flags that do not go together or files that are not there."""
         if self.workers < 1:
             raise ScoreRunError(f"--workers must be at least 1, not {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ScoreRunError(f"--threads must be at least 1, not {self.threads}")
+        if self.workers > 1 and (self.threads or 1) > 1:
+            raise ScoreRunError("--threads is for one process: with --workers each worker "
+                                "scores on one thread")
         if self.window < 1:
             raise ScoreRunError(f"the window must be at least 1 line, not {self.window}")
         if self.resume and self.out is None:
@@ -137,10 +149,11 @@ def _worker_init(weights: str) -> None:
     _worker_scorer = Scorer.load(weights)
 
 
-def _worker_score(lines: list[tuple[int, bytes]], opts: ScoreOptions) -> Chunk:
+def _worker_score(lines: Sequence[tuple[int, bytes]], opts: ScoreOptions,
+                  keep_rows: bool = False) -> Chunk:
     """Score one window in a worker."""
     assert _worker_scorer is not None
-    return _worker_scorer.score_lines(lines, opts)
+    return _worker_scorer.score_lines(lines, opts, keep_rows)
 
 
 class Stopper:
@@ -195,6 +208,17 @@ def where(e: InputLineError, names: dict[int, tuple[str, int]]) -> str:
     return f"{name}: line {local} (input line {e.line}): {e.message}"
 
 
+def scoring_threads(run: ScoreRun) -> int:
+    """Threads scoring in this process: --threads, else one per CPU it may use (1 with
+    --workers, whose processes are the parallelism)."""
+    if run.workers > 1:
+        return 1
+    if run.threads is not None:
+        return run.threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
 def run_score(run: ScoreRun) -> dict[str, Any]:
     """Score run's inputs into its output; the totals. Raises ScoreRunError (exit status 2)
     for a bad line in stop mode, after writing every earlier line."""
@@ -204,6 +228,7 @@ def run_score(run: ScoreRun) -> dict[str, Any]:
     if skip:
         logger.info("%s: resuming after input line %d", run.out, skip)
     scorer = Scorer.load(run.weights) if run.workers == 1 else None
+    threads = scoring_threads(run)
     out: IO[str]
     if run.out is None:
         out = sys.stdout
@@ -214,7 +239,8 @@ def run_score(run: ScoreRun) -> dict[str, Any]:
     totals = {"texts": 0, "tokens": 0, "errors": 0, "last_line": skip}
     t0 = time.perf_counter()
     bar = tqdm(unit=" texts", file=sys.stderr, disable=not run.progress, dynamic_ncols=True)
-    pool: ProcessPoolExecutor | None = None
+    pool: Executor | None = None
+    blas_before: int | None = None
     stopped: int | None = None
     failure: str | None = None
 
@@ -238,20 +264,28 @@ def run_score(run: ScoreRun) -> dict[str, Any]:
     try:
         with Stopper() as stopper:
             windows = _windows(run, skip, names)
-            if scorer is not None:
+            if scorer is not None and threads == 1:
                 for w in windows:
                     if not write(scorer.score_lines(w, opts)) or stopper.signal:
                         break
             else:
-                # spawn, not fork: a forked child would inherit the parent's BLAS and
-                # progress-bar threads mid-flight.
-                pool = ProcessPoolExecutor(
-                    run.workers, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_init, initargs=(str(run.weights),))
+                if scorer is not None:
+                    from model.blas import set_num_threads
+
+                    blas_before = set_num_threads(1)
+                    pool = ThreadPoolExecutor(threads, thread_name_prefix="rnnlm-score")
+                    n, task = threads, scorer.score_lines
+                else:
+                    # spawn, not fork: a forked child would inherit the parent's BLAS and
+                    # progress-bar threads mid-flight.
+                    pool = ProcessPoolExecutor(
+                        run.workers, mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_worker_init, initargs=(str(run.weights),))
+                    n, task = run.workers, _worker_score
                 pending: deque[Future[Chunk]] = deque()
                 for w in windows:
-                    pending.append(pool.submit(_worker_score, w, opts))
-                    if len(pending) >= 2 * run.workers and (
+                    pending.append(pool.submit(task, w, opts))
+                    if len(pending) >= 2 * n and (
                             not write(pending.popleft().result()) or stopper.signal):
                         break
                 else:
@@ -263,6 +297,10 @@ def run_score(run: ScoreRun) -> dict[str, Any]:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if blas_before is not None:
+            from model.blas import set_num_threads
+
+            set_num_threads(blas_before)
         if out is not sys.stdout:
             out.close()
     seconds = time.perf_counter() - t0
@@ -270,7 +308,7 @@ def run_score(run: ScoreRun) -> dict[str, Any]:
         "weights": str(run.weights), "out": str(run.out) if run.out else None,
         **totals, "resumed_after": skip, "seconds": seconds,
         "tokens_per_second": totals["tokens"] / seconds if seconds else None,
-        "workers": run.workers, "status": "finished",
+        "workers": run.workers, "threads": threads, "status": "finished",
     }
     if failure is not None:
         raise ScoreRunError(failure)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from model.blas import set_num_threads
 from model.cli import main
 from model.score_run import resume_point
 from model.scorer import Scorer
@@ -61,15 +62,25 @@ def test_text_lines_in_input_order_with_the_scorers_numbers(
     assert rows[-1]["num_oov"] == 1
 
 
-def test_workers_write_the_same_file(tmp_path: Path, ptb_lines: list[str]) -> None:
+def test_workers_and_threads_write_the_same_file(tmp_path: Path, ptb_lines: list[str]) -> None:
     inp = tmp_path / "in.txt"
     inp.write_text("\n".join(ptb_lines) + "\n", encoding="utf-8")
-    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    assert main(["score", str(SMALL), str(inp), "--out", str(one), "--quiet"]) == 0
-    assert main(["score", str(SMALL), str(inp), "--out", str(two), "--quiet", "--workers", "2",
-                 "--window", "16"]) == 0
-    same_numbers(lines_of(one), lines_of(two))
-    assert len(lines_of(two)) == len(ptb_lines)
+    one = tmp_path / "one.jsonl"
+    before = set_num_threads(2)
+    try:
+        assert main(["score", str(SMALL), str(inp), "--out", str(one), "--quiet",
+                     "--threads", "1"]) == 0
+        for name, flags in [("two", ["--workers", "2"]), ("threads", ["--threads", "3"])]:
+            other = tmp_path / f"{name}.jsonl"
+            assert main(["score", str(SMALL), str(inp), "--out", str(other), "--quiet",
+                         "--window", "16", *flags]) == 0
+            same_numbers(lines_of(one), lines_of(other))
+            assert len(lines_of(other)) == len(ptb_lines)
+        # the threads scored with one BLAS thread each; the process gets its own count back
+        assert set_num_threads(2) in (2, None)
+    finally:
+        if before is not None:
+            set_num_threads(before)
 
 
 def test_jsonl_fields_tokens_and_no_eos(tmp_path: Path, small: Scorer) -> None:
@@ -138,6 +149,9 @@ def test_inputs_are_numbered_across_and_errors_name_the_file(
     (["--resume"], "--resume needs --out"),
     (["missing.txt"], "missing.txt: no such input file"),
     (["--workers", "0"], "--workers must be at least 1"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--threads", "2", "--workers", "2"], "--threads is for one process"),
+    (["--threads", "2", "--engine", "ray"], "--threads is for the local engine"),
     (["--json"], "--json needs --out"),
     (["--out-dir", "x"], "--out-dir and --ray-address need --engine ray"),
 ])
