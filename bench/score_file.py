@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     assert abs(ours_total - theirs_total) < 1e-5 * tokens, (ours_total, theirs_total)
     out = tmp / "out.jsonl"
 
-    def ours() -> None:
-        run_score(ScoreRun(weights=weights, inputs=(str(small),), out=out, progress=False))
+    def ours(threads: int | None = None) -> None:
+        run_score(ScoreRun(weights=weights, inputs=(str(small),), out=out, threads=threads,
+                           progress=False))
 
     t = interleave({"ours": ours, "torch": t_fn}, rounds, 1, warmup=0 if args.smoke else 1,
                    pause=0.1)
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                  str(r), f"{verdict(r.value, TARGET_E2E)} (torch batch {torch_best[0]}, "
                  f"{torch_best[1]} thread(s))"])
     # Where one run's time goes: loading the weights, the batched forward (Scorer.logprobs)
-    # and the rest (reading, normalising, JSON, writing).
+    # and the rest (reading, normalising, JSON, writing), on one scoring thread (2 BLAS
+    # threads), as the time of scoring threads running side by side does not add up.
     spent = {"load": 0.0, "forward": 0.0}
     inner, inner_load = scorer_mod.Scorer.logprobs, scorer_mod.Scorer.load
 
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer_mod.Scorer.logprobs = timed  # type: ignore[method-assign]
     scorer_mod.Scorer.load = timed_load  # type: ignore[method-assign,assignment]
     t0 = time.perf_counter()
-    ours()
+    ours(threads=1)
     whole = time.perf_counter() - t0
     scorer_mod.Scorer.logprobs = inner  # type: ignore[method-assign]
     scorer_mod.Scorer.load = inner_load  # type: ignore[method-assign]
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{m1:.0f} MiB", f"{m10 / m1:.2f}x", "flat is 1.0x"])
     results["memory"] = {"one_mib": m1, "ten_mib": m10, "ratio": m10 / m1}
 
-    print(f"weights {weights.name}; of one rnnlm score run: loading the weights "
+    print(f"weights {weights.name}; of one rnnlm score run on one thread: loading the weights "
           f"{spent['load']:.2f} s ({load_share:.1%}), outside the forward and the load "
           f"(reading, normalising, JSON, writing) {outside:.1%}")
     print_table(["row", "input", "ours (tok/s)", "peer (tok/s)", "ratio", "note"], rows)
