@@ -49,11 +49,14 @@ train: $(VENV)/.installed-test
 	  --run-dir runs/$(notdir $(TRAIN_OUT)) --dtype float16 --resume
 
 # The "awd" recipe (Merity et al. 2017's regularisation and NT-ASGD) at 2 x 650 tied, the
-# better-model run: resumable the same way, `make train-awd` again continues it.
+# better-model run: its 90 epochs averaged from epoch 60 at the latest (docs/training.md),
+# resumable the same way, `make train-awd` again continues it.
 AWD_OUT ?= weights/ptb-650-awd
+AWD_FLAGS ?= --asgd-start 60
 train-awd: $(VENV)/.installed-test
 	OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} $(BIN)/rnnlm train --data-dir $(DATA_DIR) \
-	  --out $(AWD_OUT) --run-dir runs/$(notdir $(AWD_OUT)) --recipe awd --dtype float16 --resume
+	  --out $(AWD_OUT) --run-dir runs/$(notdir $(AWD_OUT)) --recipe awd --dtype float16 \
+	  $(AWD_FLAGS) --resume
 
 # Benchmarks compare against PyTorch, which is never a dependency of the service or its
 # tests: it lives in a venv of its own. torch==2.13.0 exactly (a CPU build is on disk here).
