@@ -215,18 +215,25 @@ def run_training(opts: RunOptions, given: dict[str, Any]) -> dict[str, Any]:
         log_path.unlink(missing_ok=True)
     logger.info("run dir %s; config %s", run_dir, asdict(trainer.config))
 
-    stop = {"flag": False}
+    stop = {"step": False, "epoch": False}
 
     def on_signal(signum: int, frame: object) -> None:
         logger.warning("signal %d: stopping after this step, saving the run state", signum)
-        stop["flag"] = True
+        stop["step"] = True
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    def on_usr1(signum: int, frame: object) -> None:
+        # an epoch-end state has best == params: the smallest state to carry to a new machine
+        logger.warning("signal %d: stopping at the end of this epoch", signum)
+        stop["epoch"] = True
+
+    handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGUSR1: on_usr1}
+    old = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
         finished = trainer.fit(
-            max_minutes=opts.max_minutes, should_stop=lambda: stop["flag"],
+            max_minutes=opts.max_minutes, should_stop=lambda: stop["step"],
             progress=opts.progress,
             on_epoch_end=lambda t: export(t, data, opts, run_dir, False),
+            stop_at_epoch_end=lambda: stop["epoch"],
         )
     finally:
         for s, h in old.items():

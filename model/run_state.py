@@ -35,6 +35,13 @@ class RunState:
     avg_params: dict[str, np.ndarray] | None = None  # NT-ASGD's running average
 
 
+def _same(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> bool:
+    """True when a and b hold the same arrays, key for key, dtype and value."""
+    if a is None or b is None or a.keys() != b.keys():
+        return False
+    return all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+
+
 def exists(directory: Path) -> bool:
     """True when directory holds a run state."""
     return (Path(directory) / META_FILE).is_file()
@@ -43,9 +50,16 @@ def exists(directory: Path) -> bool:
 def save_run_state(directory: Path, rs: RunState) -> None:
     """Replace directory with rs, atomically."""
 
+    # the best parameters are, at the end of an epoch that improved, the parameters or
+    # their average: stored once, a run state is a third smaller (and so is its commit)
+    best_from = None
+    if rs.best_params is not None:
+        best_from = ("params" if _same(rs.best_params, rs.params)
+                     else "avg" if _same(rs.best_params, rs.avg_params) else "file")
+
     def write(d: Path) -> None:
         np.savez(d / "params.npz", **rs.params)  # type: ignore[arg-type]
-        if rs.best_params is not None:
+        if best_from == "file":
             np.savez(d / "best.npz", **rs.best_params)  # type: ignore[arg-type]
         if rs.avg_params is not None:
             np.savez(d / "avg.npz", **rs.avg_params)  # type: ignore[arg-type]
@@ -57,6 +71,7 @@ def save_run_state(directory: Path, rs: RunState) -> None:
             "model_config": rs.model_config,
             "state": rs.counters,
             "rng": rs.rng,
+            "best_from": best_from,
             "saved_at": time.time(),
         }
         (d / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -84,13 +99,24 @@ def load_run_state(directory: Path) -> RunState:
     if params is None:
         raise ValueError(f"{directory / 'params.npz'}: missing from the run state")
     hc = load("lstm_state.npz")
+    avg = load("avg.npz")
+    best_from = meta.get("best_from", "file")  # states written before best_from: a file
+    best: dict[str, np.ndarray] | None
+    if best_from == "params":
+        best = {k: v.copy() for k, v in params.items()}
+    elif best_from == "avg":
+        if avg is None:
+            raise ValueError(f"{directory / 'avg.npz'}: missing from the run state")
+        best = {k: v.copy() for k, v in avg.items()}
+    else:
+        best = load("best.npz")
     return RunState(
         params=params,
-        best_params=load("best.npz"),
+        best_params=best,
         lstm_state=LSTMState(hc["h"], hc["c"]) if hc is not None else None,
         train_config=dict(meta["train_config"]),
         model_config=dict(meta["model_config"]),
         counters=dict(meta["state"]),
         rng=meta["rng"],
-        avg_params=load("avg.npz"),
+        avg_params=avg,
     )

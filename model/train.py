@@ -393,8 +393,10 @@ class Trainer:
         should_stop: Callable[[], bool] = lambda: False,
         progress: bool = True,
         on_epoch_end: Callable[[Trainer], None] | None = None,
+        stop_at_epoch_end: Callable[[], bool] = lambda: False,
     ) -> bool:
-        """Train until the configured epochs are done, the budget runs out or should_stop.
+        """Train until the configured epochs are done, the budget runs out, should_stop
+        (after the current step) or stop_at_epoch_end (after the current epoch).
 
         Writes the run state every ``checkpoint_minutes``, at each epoch end and when it
         stops early. Returns True when all epochs are done.
@@ -455,4 +457,7 @@ class Trainer:
             if on_epoch_end is not None:
                 on_epoch_end(self)
             last_ckpt = time.monotonic()
+            if stop_at_epoch_end() and st.epoch < cfg.epochs:
+                logger.info("stopped at the end of epoch %d (signal)", st.epoch)
+                return False
         return True

@@ -1,8 +1,9 @@
 """The "awd" recipe in the Trainer: recipes, NT-ASGD's trigger and average, randomised BPTT,
-weight decay, and a stopped AWD run resuming bit for bit."""
+weight decay, and a stopped AWD run resuming bit for bit (from an epoch end too)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,14 @@ import pytest
 
 from model.optim import Averager, add_weight_decay, should_start_averaging
 from model.regularize import LockedDropout, Regularization
+from model.run_state import load_run_state
 from model.train import RECIPES, TrainConfig, Trainer
-from tests.model.test_train import make_trainer, small_config, toy_corpus
+from tests.model.test_train import (
+    make_trainer,
+    resume_finishes_as_uninterrupted,
+    small_config,
+    toy_corpus,
+)
 
 AWD_SMALL = dict(
     recipe="awd", lr_schedule="constant", dropout_embedding=0.1, dropout_input=0.2,
@@ -126,3 +133,32 @@ def test_a_stopped_awd_run_resumes_bit_for_bit(tmp_path: Path) -> None:
     assert a.best_params is not None and c.best_params is not None
     for k in a.best_params:
         assert np.array_equal(a.best_params[k], c.best_params[k]), k
+
+
+def test_an_awd_run_stopped_at_an_epoch_end_keeps_best_as_the_average(tmp_path: Path) -> None:
+    cfg = small_config(epochs=3, **{**AWD_SMALL, "asgd_start": 1})
+    a = make_trainer(tmp_path / "a", cfg)
+    assert a.fit(progress=False)
+    b = make_trainer(tmp_path / "b", cfg)
+    assert not b.fit(progress=False, stop_at_epoch_end=lambda: b.state.epoch == 2)
+    sdir = tmp_path / "b" / "ckpt"
+    best_from = json.loads((sdir / "trainer.json").read_text())["best_from"]
+    improved = b.state.history[-1]["improved"]
+    assert best_from == ("avg" if improved else "file")
+    assert (sdir / "best.npz").exists() == (not improved)
+    resume_finishes_as_uninterrupted(a, sdir)
+
+
+def test_a_run_state_from_before_best_from_reads_best_npz(tmp_path: Path) -> None:
+    tr = make_trainer(tmp_path, small_config(epochs=2, **AWD_SMALL))
+    stop = lambda: tr.state.epoch == 1 and tr.state.iteration == 1  # noqa: E731  mid-epoch 2
+    assert not tr.fit(progress=False, should_stop=stop)
+    sdir = tmp_path / "ckpt"
+    meta = json.loads((sdir / "trainer.json").read_text())
+    assert meta["best_from"] == "file"
+    del meta["best_from"]
+    (sdir / "trainer.json").write_text(json.dumps(meta))
+    rs = load_run_state(sdir)
+    assert rs.best_params is not None and tr.best_params is not None
+    for k in tr.best_params:
+        assert np.array_equal(rs.best_params[k], tr.best_params[k]), k

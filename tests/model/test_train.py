@@ -39,6 +39,20 @@ def make_trainer(tmp_path: Path, cfg: TrainConfig, **kw: object) -> Trainer:
                    tmp_path / "log.jsonl", rng=rng, **kw)  # type: ignore[arg-type]
 
 
+def resume_finishes_as_uninterrupted(a: Trainer, state_dir: Path) -> Trainer:
+    """Resume the run in state_dir to its end and check it equals the uninterrupted run a."""
+    ids = toy_corpus()
+    c = Trainer.resume(state_dir, ids[:3000], ids[3000:])
+    assert c.fit(progress=False)
+    for k in a.model.params:
+        assert np.array_equal(a.model.params[k], c.model.params[k]), k
+    assert a.best_params is not None and c.best_params is not None
+    for k in a.best_params:
+        assert np.array_equal(a.best_params[k], c.best_params[k]), k
+    assert a.state.best_valid_ppl == c.state.best_valid_ppl
+    return c
+
+
 def test_window_batches_follow_the_book() -> None:
     ids = np.arange(1000)
     bx, bt = window_batches(ids, batch_size=4, bptt=5)
@@ -120,15 +134,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
     assert not b.fit(progress=False, should_stop=stop_after_97)
     assert b.state.epoch == 1 and b.state.iteration == 97 - len(b.bx)
-    ids = toy_corpus()
-    c = Trainer.resume(tmp_path / "b" / "ckpt", ids[:3000], ids[3000:])
-    assert c.fit(progress=False)
-    for k in a.model.params:
-        assert np.array_equal(a.model.params[k], c.model.params[k]), k
-    assert a.best_params is not None and c.best_params is not None
-    for k in a.best_params:
-        assert np.array_equal(a.best_params[k], c.best_params[k]), k
-    assert a.state.best_valid_ppl == c.state.best_valid_ppl
+    resume_finishes_as_uninterrupted(a, tmp_path / "b" / "ckpt")
 
 
 def test_budget_stops_with_a_checkpoint(tmp_path: Path) -> None:
@@ -172,3 +178,53 @@ def test_train_command_output_loads_in_evaluate(
     assert main(["train", "--data-dir", str(ptb_dir), "--out", str(out), "--run-dir",
                  str(tmp_path / "run"), "--quiet"]) == 2
     _ = ModelConfig
+
+
+def test_a_run_stopped_at_an_epoch_end_stores_best_once_and_resumes(tmp_path: Path) -> None:
+    cfg = small_config(epochs=3)
+    a = make_trainer(tmp_path / "a", cfg)
+    assert a.fit(progress=False)
+    b = make_trainer(tmp_path / "b", cfg)
+    assert not b.fit(progress=False, stop_at_epoch_end=lambda: b.state.epoch == 1)
+    sdir = tmp_path / "b" / "ckpt"
+    assert b.state.epoch == 1 and b.state.iteration == 0
+    # epoch 1 always improves on nothing: best == params, written once
+    assert json.loads((sdir / "trainer.json").read_text())["best_from"] == "params"
+    assert not (sdir / "best.npz").exists()
+    ids = toy_corpus()
+    r = Trainer.resume(sdir, ids[:3000], ids[3000:])
+    assert r.best_params is not None and b.best_params is not None
+    for k in b.best_params:
+        assert np.array_equal(r.best_params[k], b.best_params[k]), k
+    resume_finishes_as_uninterrupted(a, sdir)
+
+
+def test_sigusr1_stops_rnnlm_train_at_the_epoch_end(
+    tmp_path: Path, ptb_dir: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import signal
+
+    from model.cli import main
+
+    orig = Trainer.train_step
+
+    def step_and_signal(self: Trainer, xs: np.ndarray, ts: np.ndarray, s: float = 1.0) -> float:
+        if self.state.epoch == 0 and self.state.iteration == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)  # the handler runs in this thread, now
+        return orig(self, xs, ts, s)
+
+    monkeypatch.setattr(Trainer, "train_step", step_and_signal)
+    args = ["train", "--data-dir", str(ptb_dir), "--out", str(tmp_path / "w"), "--run-dir",
+            str(tmp_path / "run"), "--hidden-size", "8", "--wordvec-size", "8",
+            "--epochs", "3", "--max-train-tokens", "4001", "--max-valid-tokens", "1000",
+            "--no-final-eval", "--quiet", "--json"]
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # the first epoch ran to its end, not one step further
+    assert (r["status"], r["epochs_done"], r["iteration"]) == ("stopped", 1, 0)
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+    assert main([*args[:-2], "--resume", "--quiet", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (r["status"], r["epochs_done"]) == ("finished", 3)
