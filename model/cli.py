@@ -271,7 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: $RNNLM_DATA_DIR)")
 
     sp = sub.add_parser("train", help="train a BetterRnnlm on PTB or text files of one's own "
-                        "(the book's recipe by default)")
+                        "(the book's recipe by default)",
+                        description="Ctrl-C or SIGTERM stops after the current step and SIGUSR1 "
+                        "at the end of the current epoch, both saving the run state that "
+                        "--resume continues.")
     common(sp)
     add_train_arguments(sp, TrainConfig())
     sp.set_defaults(func=cmd_train)
