@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -284,6 +285,8 @@ class Trainer:
         tc.update(overrides or {})
         rng = np.random.default_rng()
         rng.bit_generator.state = rs.rng
+        if log_path is not None:
+            trim_log(Path(log_path), rs.counters["seconds"])
         return cls(
             BetterRnnlm(ModelConfig.from_dict(rs.model_config), rs.params),
             TrainConfig.from_dict(tc), train_ids, valid_ids, Path(state_dir), log_path,
@@ -461,3 +464,20 @@ class Trainer:
                 logger.info("stopped at the end of epoch %d (signal)", st.epoch)
                 return False
         return True
+
+
+def trim_log(log_path: Path, seconds: float) -> int:
+    """Drop the log's records of training done after a run state (its ``seconds``) -> dropped.
+
+    A run resumed from its last run state repeats the steps logged after it; without this
+    its log would hold them twice. The log is replaced atomically.
+    """
+    if not log_path.exists():
+        return 0
+    lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [x for x in lines if x.strip() and json.loads(x).get("seconds", 0.0) <= seconds]
+    if len(kept) < len(lines):
+        tmp = log_path.with_name(log_path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, log_path)
+    return len(lines) - len(kept)

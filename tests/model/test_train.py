@@ -228,3 +228,40 @@ def test_sigusr1_stops_rnnlm_train_at_the_epoch_end(
     assert main([*args[:-2], "--resume", "--quiet", "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (r["status"], r["epochs_done"]) == ("finished", 3)
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path: Path) -> None:
+    """Steps done after the last run state (a machine that stopped mid-epoch) are done again
+    on resume; the log keeps the repeat, not both."""
+    import shutil
+
+    cfg = small_config(epochs=2)
+    a = make_trainer(tmp_path / "a", cfg)
+    assert a.fit(progress=False)
+    b = make_trainer(tmp_path / "b", cfg)
+    assert not b.fit(progress=False, stop_at_epoch_end=lambda: b.state.epoch == 1)
+    saved = tmp_path / "saved"
+    shutil.copytree(tmp_path / "b" / "ckpt", saved)
+    # the run goes on past the state, then its machine stops before the next one is written
+    steps = {"n": 0}
+
+    def stop_after_30() -> bool:
+        steps["n"] += 1
+        return steps["n"] == 30
+
+    sdir, log = tmp_path / "b" / "ckpt", tmp_path / "b" / "log.jsonl"
+    c = Trainer.resume(sdir, b.train_ids, b.valid_ids, log)
+    assert not c.fit(progress=False, should_stop=stop_after_30)
+    shutil.rmtree(sdir)
+    shutil.copytree(saved, sdir)
+    d = Trainer.resume(sdir, b.train_ids, b.valid_ids, log)
+    assert d.fit(progress=False)
+
+    def records(path: Path) -> list[dict[str, object]]:
+        out = [json.loads(x) for x in path.read_text().splitlines()]
+        for r in out:  # wall times differ between runs
+            r.pop("tokens_per_sec", None), r.pop("valid_seconds", None), r.pop("seconds")
+        return out
+
+    # the same records, in the same order, as the run never stopped (losses to the last bit)
+    assert records(log) == records(tmp_path / "a" / "log.jsonl")
