@@ -158,8 +158,8 @@ async def test_generate_matches_the_pure_generator(engine: Engine) -> None:
 
 async def test_generate_all_equals_the_streamed_steps(engine: Engine) -> None:
     """Collected steps (non-streamed answers) are the streamed ones, alone and batched."""
-    eos = engine.vocab.eos_id
-    prompts = [[eos, 10, 20], [eos, 3], [eos, *range(40, 52)]]
+    eos, V = engine.vocab.eos_id, len(engine.vocab)  # V: 10,000, or 22 without the PTB data
+    prompts = [[eos, 10, 20], [eos, 3], [eos, *(i % V for i in range(40, 52))]]
     params = [SamplingParams(do_sample=True, temperature=0.8, top_p=0.9), GREEDY,
               SamplingParams(do_sample=True, top_k=5)]
     want = [[s async for s in engine.generate(req(p, 9 + i, q, 11 + i, stop_at_eos=False,
