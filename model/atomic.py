@@ -1,8 +1,9 @@
-"""Replacing a directory atomically: write it beside the target, fsync, swap, roll back on failure.
+"""Replacing a directory or a file atomically: write it beside the target, fsync, swap.
 
-The one way both the weights writer and the trainer's run state write a folder: readers see
-the old folder or the new one, never a half-written mix, and a crash leaves at most a hidden
-temporary folder beside the target.
+The one way the weights writer and the trainer's run state write a folder, and the one way a
+single file is rewritten (a weights' metrics, a downloaded split, a trimmed training log):
+readers see the old version or the new one, never a half-written mix, and a failure leaves at
+most a hidden temporary beside the target.
 """
 
 from __future__ import annotations
@@ -73,3 +74,21 @@ def replace_dir(target: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(parent)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write data to a temporary file beside path, fsync it, and rename it over path (0644)."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes the file private; these files are read by others (the service, users)
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

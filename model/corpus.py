@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from model.atomic import replace_file
 from model.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -153,16 +153,6 @@ def download_ptb(dest: str | Path) -> None:
             raise CorpusError(
                 f"{url} has sha256 {digest}, expected {PTB_SHA256[split]}; {name} not written"
             )
-        # Write to a temporary file in the same folder and rename, so an interrupted
-        # download never leaves a truncated ptb.*.txt behind.
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            # mkstemp makes the file private; the corpus is public data others may read.
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # an interrupted download never leaves a truncated ptb.*.txt behind
+        replace_file(folder / name, data)
         logger.info("wrote %s (%d bytes)", folder / name, len(data))

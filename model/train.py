@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from model.atomic import replace_file
 from model.evaluate import book_perplexity
 from model.inference import InferenceModel
 from model.optim import (
@@ -285,8 +285,8 @@ class Trainer:
         tc.update(overrides or {})
         rng = np.random.default_rng()
         rng.bit_generator.state = rs.rng
-        if log_path is not None:
-            trim_log(Path(log_path), rs.counters["seconds"])
+        if log_path is not None and (n := trim_log(Path(log_path), rs.counters["seconds"])):
+            logger.info("dropped %d log records of steps after the run state", n)
         return cls(
             BetterRnnlm(ModelConfig.from_dict(rs.model_config), rs.params),
             TrainConfig.from_dict(tc), train_ids, valid_ids, Path(state_dir), log_path,
@@ -477,7 +477,5 @@ def trim_log(log_path: Path, seconds: float) -> int:
     lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
     kept = [x for x in lines if x.strip() and json.loads(x).get("seconds", 0.0) <= seconds]
     if len(kept) < len(lines):
-        tmp = log_path.with_name(log_path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, log_path)
+        replace_file(log_path, "".join(kept).encode("utf-8"))
     return len(lines) - len(kept)

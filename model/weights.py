@@ -14,8 +14,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model.atomic import replace_dir
+from model.atomic import replace_dir, replace_file
 from model.normalize import PTB, Normalizer
 from model.rnnlm import ModelConfig
 from model.vocab import Vocab
@@ -256,18 +254,7 @@ def update_metrics(weights_dir: str | Path, metrics: Mapping[str, Any]) -> dict[
     merged.update(metrics)
     meta["metrics"] = _jsonable(merged)
     path = weights_dir / CONFIG_FILE
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.tmp-", dir=weights_dir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_dump_json(meta))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_file(path, _dump_json(meta).encode("utf-8"))
     logger.info("updated metrics in %s", path)
     return meta
 
