@@ -91,6 +91,11 @@ class TrainConfig:
             raise ValueError(f"--recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
         self.regularization()  # checks the rates
         self.planned_lrs()
+        # counts where a negative number has no meaning: refused rather than read as 0
+        for name in ("asgd_start", "asgd_nonmono"):
+            if getattr(self, name) < 0:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be 0 or more, got {getattr(self, name)}")
 
     def regularization(self) -> Regularization | None:
         """AWD-LSTM's training-time regularisation, or None for the book's dropout."""

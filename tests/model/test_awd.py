@@ -162,3 +162,60 @@ def test_a_run_state_from_before_best_from_reads_best_npz(tmp_path: Path) -> Non
     assert rs.best_params is not None and tr.best_params is not None
     for k in tr.best_params:
         assert np.array_equal(rs.best_params[k], tr.best_params[k]), k
+
+
+@pytest.mark.parametrize("flag", ["--asgd-start", "--asgd-nonmono"])
+def test_a_negative_averaging_count_stops_train_naming_the_flag(
+    tmp_path: Path, flag: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from model.cli import main
+
+    out = tmp_path / "w"
+    rc = main(["train", "--recipe", "awd", flag, "-3", "--out", str(out),
+               "--run-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path), "--quiet"])
+    assert rc == 2
+    assert f"{flag} must be 0 or more, got -3" in caplog.text
+    assert not out.exists()
+
+
+def test_init_from_continues_a_finished_run_from_its_weights(tmp_path: Path) -> None:
+    """AWD's fine-tuning stage: a new run from a weights folder starts from its parameters
+    (to the last bit), its epoch, lr, best figure and hyperparameters, and averages from
+    --asgd-start."""
+    from model.cli import main
+    from model.run import _from_weights
+    from model.weights import load_weights
+
+    text = (Path(__file__).parents[2] / "docs" / "examples" / "founding.txt").read_text()
+    lines = text.splitlines()
+    (tmp_path / "train.txt").write_text("\n".join(lines[:22]) + "\n")
+    (tmp_path / "valid.txt").write_text("\n".join(lines[22:]) + "\n")
+    own = ["--train-file", str(tmp_path / "train.txt"), "--valid-file",
+           str(tmp_path / "valid.txt"), "--min-count", "2", "--quiet"]
+    first = tmp_path / "w1"
+    assert main(["train", *own, "--out", str(first), "--run-dir", str(tmp_path / "r1"),
+                 "--recipe", "awd", "--wordvec-size", "16", "--hidden-size", "16",
+                 "--batch-size", "4", "--bptt", "10", "--epochs", "2", "--lr", "5",
+                 "--dtype", "float32"]) == 0
+    w = load_weights(first)
+    training = w.meta["training"]
+
+    ids = np.arange(400, dtype=np.int32) % w.config.vocab_size
+    tr = _from_weights(first, {"epochs": 4, "asgd_start": 3}, ids[:300], ids[300:],
+                       tmp_path / "s", tmp_path / "log.jsonl")
+    for k, v in w.params.items():
+        assert np.array_equal(tr.model.params[k], v), k
+    assert tr.state.epoch == training["epochs_done"] == 2
+    assert tr.state.best_valid_ppl == training["best_valid_perplexity_book"]
+    assert tr.config.hidden_size == 16 and tr.config.lr == 5.0 and tr.config.epochs == 4
+
+    second = tmp_path / "w2"
+    assert main(["train", *own, "--out", str(second), "--run-dir", str(tmp_path / "r2"),
+                 "--init-from", str(first), "--resume", "--epochs", "4",
+                 "--asgd-start", "3"]) == 0
+    state = load_run_state(tmp_path / "r2" / "state")
+    records = [json.loads(x) for x in (tmp_path / "r2" / "train_log.jsonl").open()]
+    assert [r["epoch"] for r in records if r["type"] == "valid"] == [3, 4]
+    assert [r["averaged"] for r in records if r["type"] == "valid"] == [False, True]
+    assert state is not None
+    assert load_weights(second).config == w.config
