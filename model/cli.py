@@ -164,10 +164,16 @@ def cmd_download_ptb(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """rnnlm plot: training and validation perplexity against epochs."""
-    from model.plot import plot_curve
+    from model.plot import plot_curve, validation_table
 
+    if args.table:
+        table = validation_table([Path(x) for x in args.log])
+        _emit(args, {"table": table}, table)
+        return 0
+    if args.out is None or len(args.log) != 1:
+        raise ValueError("a plot takes one log and --out (several logs: --table)")
     try:
-        epochs = plot_curve(Path(args.log), Path(args.out), args.title)
+        epochs = plot_curve(Path(args.log[0]), Path(args.out), args.title)
     except ImportError:
         logger.error("rnnlm plot needs matplotlib: pip install 'rnnlm-service[plot]'")
         return 2
@@ -371,10 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", help="folder to write ptb.{train,valid,test}.txt into")
     sp.set_defaults(func=cmd_download_ptb)
 
-    sp = sub.add_parser("plot", help="plot a training log (needs matplotlib)")
+    sp = sub.add_parser("plot", help="plot a training log (needs matplotlib), or print "
+                        "several runs' validation side by side (--table)")
     common(sp, data=False)
-    sp.add_argument("log", help="train_log.jsonl")
-    sp.add_argument("--out", required=True, help="PNG to write")
+    sp.add_argument("log", nargs="+", help="train_log.jsonl (several with --table)")
+    sp.add_argument("--out", default=None, help="PNG to write")
+    sp.add_argument("--table", action="store_true",
+                    help="print a Markdown table of validation perplexity by epoch, a column "
+                    "per log, instead of a plot")
     sp.add_argument("--title", default=None)
     sp.set_defaults(func=cmd_plot)
     return p

@@ -1,4 +1,5 @@
-"""The training curve: training and validation perplexity against epochs, drawn from a log file."""
+"""The training curve: training and validation perplexity against epochs, drawn from a log
+file; and several runs' validation side by side as a table."""
 
 from __future__ import annotations
 
@@ -31,3 +32,30 @@ def plot_curve(log_file: Path, png: Path, title: str | None = None) -> int:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return len(valid)
+
+
+def _valid_records(log_file: Path) -> list[dict]:
+    """The validation records of a training log, in order."""
+    lines = Path(log_file).read_text().splitlines()
+    return [r for r in map(json.loads, filter(None, lines)) if r.get("type") == "valid"]
+
+
+def validation_table(log_files: list[Path]) -> str:
+    """A Markdown table of validation perplexity by epoch, a column per run (named by the
+    log's folder); an averaged (NT-ASGD) figure is marked "a", each run's best is bold."""
+    runs = {Path(f).parent.name: {r["epoch"]: r for r in _valid_records(f)} for f in log_files}
+    epochs = sorted({e for by_epoch in runs.values() for e in by_epoch})
+    best = {name: min((r["valid_ppl"] for r in v.values()), default=None)
+            for name, v in runs.items()}
+    rows = ["| epoch | " + " | ".join(runs) + " |", "| --- |" + " --- |" * len(runs)]
+    for e in epochs:
+        cells = []
+        for name, by_epoch in runs.items():
+            r = by_epoch.get(e)
+            if r is None:
+                cells.append("")
+                continue
+            cell = f"{r['valid_ppl']:.2f}" + (" a" if r.get("averaged") else "")
+            cells.append(f"**{cell}**" if r["valid_ppl"] == best[name] else cell)
+        rows.append(f"| {e} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -96,3 +96,21 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
             main([cmd, "--help"])
         assert e.value.code == 0
         assert "usage: rnnlm" in capsys.readouterr().out
+
+
+def test_plot_table_puts_runs_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, ppls in (("a", [90.0, 80.0, 85.0]), ("b", [95.0, 70.0])):
+        (tmp_path / name).mkdir()
+        records = [{"type": "train", "epoch": 1, "ppl": 1.0}] + [
+            {"type": "valid", "epoch": i + 1, "valid_ppl": p, "averaged": i == 2}
+            for i, p in enumerate(ppls)]
+        (tmp_path / name / "train_log.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records))
+    logs = [str(tmp_path / n / "train_log.jsonl") for n in ("a", "b")]
+    assert main(["plot", "--table", *logs]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "| epoch | a | b |", "| --- | --- | --- |", "| 1 | 90.00 | 95.00 |",
+        "| 2 | **80.00** | **70.00** |", "| 3 | 85.00 a |  |"]
+    assert main(["plot", *logs, "--out", str(tmp_path / "x.png")]) == 2  # a plot takes one
