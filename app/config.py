@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The shipped model, found relative to the package so the service works from any cwd.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "ptb-650"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "ptb-650-awd"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 

@@ -59,7 +59,7 @@ class CompletionRequest(_Request):
     model: str | None = Field(
         default=None,
         description="The served model's id (GET /v1/models); null: that one.",
-        examples=["ptb-650"],
+        examples=["ptb-650-awd"],
     )
     prompt: Text | list[Text] | TokenIds | list[TokenIds] = Field(
         description="A text, a list of texts, a list of token ids or a list of such lists "
@@ -215,7 +215,7 @@ class CompletionResponse(BaseModel):
         default="text_completion", description="Kind.", examples=["text_completion"]
     )
     created: int = Field(description="Unix time of the answer.", examples=[1767225600])
-    model: str = Field(description="The served model's id.", examples=["ptb-650"])
+    model: str = Field(description="The served model's id.", examples=["ptb-650-awd"])
     choices: list[CompletionChoice] = Field(
         description="The choices (one per chunk).", examples=[[]]
     )

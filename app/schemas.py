@@ -722,7 +722,7 @@ class TokenizeRequest(_Request):
         examples=[True],
     )
     model: str | None = Field(
-        default=None, description="The served model's id, or null.", examples=["ptb-650"]
+        default=None, description="The served model's id, or null.", examples=["ptb-650-awd"]
     )
 
 
@@ -758,7 +758,7 @@ class DetokenizeRequest(_Request):
         examples=[[24, 32, 760]],
     )
     model: str | None = Field(
-        default=None, description="The served model's id, or null.", examples=["ptb-650"]
+        default=None, description="The served model's id, or null.", examples=["ptb-650-awd"]
     )
 
 
@@ -816,7 +816,7 @@ class InfoResponse(BaseModel):
     )
     weights: dict[str, Any] = Field(
         description="Weights directory name, sha256 of params.npz, dtype, format version.",
-        examples=[{"name": "ptb-650", "sha256": "ab12...", "dtype": "float16"}],
+        examples=[{"name": "ptb-650-awd", "sha256": "ab12...", "dtype": "float16"}],
     )
     training: dict[str, Any] = Field(
         description="Training record from config.json.",

@@ -49,7 +49,7 @@ NGINX_CONF = REPO / "deploy" / "nginx.conf"
 SERVICE = "rnnlm"
 PROXY = "nginx"
 # The shipped model the image bakes in; until it is trained, a tiny random model stands in.
-SHIPPED_REL = "weights/ptb-650"
+SHIPPED_REL = "weights/ptb-650-awd"
 SHIPPED = REPO / SHIPPED_REL
 SHIPPED_FILES = ("config.json", "params.npz", "vocab.txt")
 CUSTOM_WEIGHTS_TARGET = "/models/custom"

@@ -16,7 +16,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.weights == DEFAULT_WEIGHTS
     package_root = Path(app.__file__).resolve().parents[1]
-    assert package_root / "weights" / "ptb-650" == DEFAULT_WEIGHTS
+    assert package_root / "weights" / "ptb-650-awd" == DEFAULT_WEIGHTS
     assert (s.host, s.port, s.log_level) == ("127.0.0.1", 8000, "info")
     assert s.limits() == {
         "max_texts": 256, "max_text_chars": 20000, "max_request_tokens": 16384,

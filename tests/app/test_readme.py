@@ -24,7 +24,7 @@ from tests.app.conftest import LiveServer, assert_close
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
-SHIPPED = ROOT / "weights" / "ptb-650"
+SHIPPED = ROOT / "weights" / "ptb-650-awd"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
 

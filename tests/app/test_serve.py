@@ -14,7 +14,7 @@ import pytest
 
 from tests.app.conftest import free_port, serve_command
 
-SHIPPED = Path(__file__).resolve().parents[2] / "weights" / "ptb-650"
+SHIPPED = Path(__file__).resolve().parents[2] / "weights" / "ptb-650-awd"
 
 
 def _start(weights: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
