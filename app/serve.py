@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="address to bind (default 127.0.0.1, RNNLM_HOST)")
     p.add_argument("--port", type=int, help="port (default 8000, RNNLM_PORT)")
-    p.add_argument("--weights", help="weights directory (default weights/ptb-650-awd, RNNLM_WEIGHTS)")
+    p.add_argument("--weights",
+                   help="weights directory (default weights/ptb-650-awd, RNNLM_WEIGHTS)")
     p.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
