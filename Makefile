@@ -61,10 +61,11 @@ train-awd: $(VENV)/.installed-test
 	  --out $(AWD_OUT) --run-dir $(AWD_RUN) --recipe awd --dtype float16 \
 	  $(AWD_FLAGS) --resume
 
-# The pilot ablation of the awd recipe at 2 x 256 (docs/training.md): the recipe, and the
-# same without each of its parts, on a prefix of PTB's training split, so that the six runs
-# fit in about an hour: `make -j2 pilot` runs two at a time on one BLAS thread each, and
-# again resumes them (runs/pilot-NAME). `make pilot-table` prints their validation by epoch.
+# The pilot ablation of the awd recipe at 2 x 256 (docs/training.md): the recipe, the same
+# without each of its parts, and the book's recipe at the same size, dropout and budget, on a
+# prefix of PTB's training split: about 40 minutes a run, `make -j2 pilot` runs two at a time
+# on one BLAS thread each (about two hours), and again resumes them (runs/pilot-NAME).
+# `make pilot-table` prints their validation by epoch.
 PILOT_EPOCHS ?= 12
 PILOT_ASGD_START ?= 8
 PILOT_TOKENS ?= 300000
@@ -73,21 +74,17 @@ PILOT_COMMON := --data-dir $(DATA_DIR) --wordvec-size 256 --hidden-size 256 --se
 PILOT_AWD := --recipe awd --dropout-input 0.3 --dropout-hidden 0.2 --dropout-output 0.3 \
   --weight-drop 0.3 --asgd-start $(PILOT_ASGD_START)
 PILOT_RUNS := awd no-weight-drop no-ar-tar no-average no-embedding-dropout book
-pilot-awd-flags :=
-pilot-no-weight-drop-flags := --weight-drop 0
-pilot-no-ar-tar-flags := --ar-alpha 0 --tar-beta 0
-pilot-no-average-flags := --asgd-start 0 --asgd-nonmono 0
-pilot-no-embedding-dropout-flags := --dropout-embedding 0
+pilot-awd-flags := $(PILOT_AWD)
+pilot-no-weight-drop-flags := $(PILOT_AWD) --weight-drop 0
+pilot-no-ar-tar-flags := $(PILOT_AWD) --ar-alpha 0 --tar-beta 0
+pilot-no-average-flags := $(PILOT_AWD) --asgd-start 0 --asgd-nonmono 0
+pilot-no-embedding-dropout-flags := $(PILOT_AWD) --dropout-embedding 0
+pilot-book-flags := --dropout 0.3
 .PHONY: pilot pilot-table $(addprefix pilot-,$(PILOT_RUNS))
 pilot: $(addprefix pilot-,$(PILOT_RUNS))
-# the book's recipe at the same size, dropout and budget: the baseline
-pilot-book: $(VENV)/.installed-test
+$(addprefix pilot-,$(PILOT_RUNS)): $(VENV)/.installed-test
 	mkdir -p runs
-	OPENBLAS_NUM_THREADS=1 $(BIN)/rnnlm train $(PILOT_COMMON) --dropout 0.3 \
-	  --out runs/$@/weights --run-dir runs/$@ > runs/$@.log 2>&1
-$(addprefix pilot-,$(filter-out book,$(PILOT_RUNS))): $(VENV)/.installed-test
-	mkdir -p runs
-	OPENBLAS_NUM_THREADS=1 $(BIN)/rnnlm train $(PILOT_COMMON) $(PILOT_AWD) $($@-flags) \
+	OPENBLAS_NUM_THREADS=1 $(BIN)/rnnlm train $(PILOT_COMMON) $($@-flags) \
 	  --out runs/$@/weights --run-dir runs/$@ > runs/$@.log 2>&1
 pilot-table: $(VENV)/.installed-run
 	$(BIN)/rnnlm plot --table $(addprefix runs/pilot-,$(addsuffix /train_log.jsonl,$(PILOT_RUNS)))

@@ -14,7 +14,7 @@ def plot_curve(log_file: Path, png: Path, title: str | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(log_file).read_text().splitlines() if line]
+    records = _read_log(log_file)
     train = [r for r in records if r.get("type") == "train"]
     valid = [r for r in records if r.get("type") == "valid"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -34,16 +34,16 @@ def plot_curve(log_file: Path, png: Path, title: str | None = None) -> int:
     return len(valid)
 
 
-def _valid_records(log_file: Path) -> list[dict]:
-    """The validation records of a training log, in order."""
-    lines = Path(log_file).read_text().splitlines()
-    return [r for r in map(json.loads, filter(None, lines)) if r.get("type") == "valid"]
+def _read_log(log_file: Path) -> list[dict]:
+    """The records of a training log, in order."""
+    return [json.loads(line) for line in Path(log_file).read_text().splitlines() if line]
 
 
 def validation_table(log_files: list[Path]) -> str:
     """A Markdown table of validation perplexity by epoch, a column per run (named by the
     log's folder); an averaged (NT-ASGD) figure is marked "a", each run's best is bold."""
-    runs = {Path(f).parent.name: {r["epoch"]: r for r in _valid_records(f)} for f in log_files}
+    runs = {Path(f).parent.name: {r["epoch"]: r for r in _read_log(f) if r.get("type") == "valid"}
+            for f in log_files}
     epochs = sorted({e for by_epoch in runs.values() for e in by_epoch})
     best = {name: min((r["valid_ppl"] for r in v.values()), default=None)
             for name, v in runs.items()}
