@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one process's scoring threads, each with one BLAS thread and its own "
                     "windows (default: one per CPU it may use)")
     sp.add_argument("--window", type=int, default=WINDOW_LINES,
-                    help="input lines sorted by length, scored and written together (default "
-                    f"{WINDOW_LINES}); the unit Ctrl-C waits for and a worker takes")
+                    help="input lines scored together, sharing their common prefixes, and "
+                    f"written (default {WINDOW_LINES}); the unit Ctrl-C waits for and a worker "
+                    "takes")
     sp.add_argument("--engine", choices=["local", "ray"], default="local",
                     help="local processes, or Ray Data (pip install 'rnnlm-service[ray]')")
     sp.add_argument("--ray-address", default=None,

@@ -36,7 +36,7 @@ from model.scorer import Chunk, InputLineError, ScoreOptions, Scorer
 
 logger = logging.getLogger(__name__)
 
-# Input lines per window (the unit sorted by length, scored, written and flushed).
+# Input lines per window (the unit scored together, written and flushed).
 WINDOW_LINES = 1024
 
 

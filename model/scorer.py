@@ -4,11 +4,11 @@
 A ``Scorer`` holds one model and its normaliser. ``score`` takes texts; ``score_lines`` takes
 raw input lines (text or JSON lines), the unit ``rnnlm score``, its workers and the Ray
 engine all hand it, and gives back finished JSON lines in input order. Within such a chunk
-texts are sorted by length and packed into batches of at most ``BATCH_TEXTS`` texts and
-``BATCH_TOKENS`` padded positions, so padding stays small; a text longer than
-``SEGMENT_TOKENS`` is scored alone in segments with its state carried, so memory stays
-bounded however long a document is. The numbers come from ``model.evaluate.text_result``,
-as the service's do.
+the texts are fed together through the tree of their distinct prefixes
+(``model.inference.score_prefixes``): what they share is computed once, padding never; a
+text longer than ``SEGMENT_TOKENS`` is scored alone in segments with its state carried, so
+memory stays bounded however long a document is. The numbers come from
+``model.evaluate.text_result``, as the service's do.
 """
 
 from __future__ import annotations
@@ -23,13 +23,10 @@ from typing import Any
 import numpy as np
 
 from model.evaluate import text_result, token_entries
-from model.inference import InferenceModel, LSTMState, next_logprobs, score
+from model.inference import InferenceModel, LSTMState, score, score_prefixes
 from model.normalize import Tokenizer
 from model.weights import LoadedWeights, load_weights
 
-# A batched forward: at most this many texts and this many padded positions (N * T).
-BATCH_TEXTS = 64
-BATCH_TOKENS = 4096
 # A text with more predictions than this is scored alone, this many positions at a time.
 SEGMENT_TOKENS = 4096
 
@@ -150,42 +147,14 @@ class Scorer:
         return cls(load_weights(path))
 
     def logprobs(self, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """log P(seq[t] | seq[:t]) for t >= 1 of each id sequence ([<eos>, tokens..., <eos>?])."""
-        out: list[np.ndarray] = [np.empty(0, np.float32)] * len(seqs)
-        live = [i for i in range(len(seqs)) if len(seqs[i]) > 1]
-        if not live:
-            return out
-        # Every text starts from the zero state fed the same first token (<eos>): that step
-        # and the distribution after it are computed once for the whole chunk.
-        start = seqs[live[0]][0]
-        if any(seqs[i][0] != start for i in live):
-            raise ValueError("every sequence must begin with the same token (<eos>)")
-        first, state0 = next_logprobs(self.model, [[start]])  # (1, V), the state after it
-        for i in live:
-            out[i] = first[0, [seqs[i][1]]]
-        order = sorted((i for i in live if len(seqs[i]) > 2), key=lambda i: len(seqs[i]))
-        batch: list[int] = []
-
-        def flush() -> None:
-            n = len(batch)
-            state = LSTMState(np.repeat(state0.h, n, axis=1), np.repeat(state0.c, n, axis=1))
-            lps, _ = score(self.model, [seqs[i][1:-1] for i in batch],
-                           [seqs[i][2:] for i in batch], state)
-            for i, lp in zip(batch, lps, strict=True):
-                out[i] = np.concatenate([out[i], lp])
-            batch.clear()
-
-        for i in order:
-            n = len(seqs[i]) - 2
-            if n > SEGMENT_TOKENS:
-                out[i] = np.concatenate([out[i], self._long(seqs[i][1:], state0)])
-                continue
-            # Sorted by length, so n is the padded length of the batch with i in it.
-            if batch and (len(batch) == BATCH_TEXTS or (len(batch) + 1) * n > BATCH_TOKENS):
-                flush()
-            batch.append(i)
-        if batch:
-            flush()
+        """log P(seq[t] | seq[:t]) for t >= 1 of each id sequence (each begins with <eos>)."""
+        # The texts go through the tree of their distinct prefixes together, so a prefix
+        # they share (a sentence opening, an n-best list's common part, a repeated line) is
+        # computed once; a text longer than SEGMENT_TOKENS is scored alone in segments.
+        long = {i for i, q in enumerate(seqs) if len(q) - 1 > SEGMENT_TOKENS}
+        out = score_prefixes(self.model, [q[:1] if i in long else q for i, q in enumerate(seqs)])
+        for i in long:
+            out[i] = self._long(seqs[i], self.model.zero_state(1))
         return out
 
     def _long(self, seq: Sequence[int], state: LSTMState) -> np.ndarray:

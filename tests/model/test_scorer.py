@@ -51,15 +51,13 @@ def test_score_agrees_with_the_independent_loop(small: Scorer, eos: bool) -> Non
         assert r["num_oov"] == sum(t["oov"] for t in r["tokens"])
 
 
-def test_batching_and_segments_do_not_change_the_numbers(
+def test_segments_do_not_change_the_numbers(
     small: Scorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     long_text = " ".join(TEXTS * 30)
     texts = [*TEXTS, long_text]
     base = small.score(texts)
-    # Tiny batches and segments: every text alone, the long one in many carried segments.
-    monkeypatch.setattr(scorer_mod, "BATCH_TEXTS", 2)
-    monkeypatch.setattr(scorer_mod, "BATCH_TOKENS", 40)
+    # Tiny segments: the long text scored alone in many carried segments.
     monkeypatch.setattr(scorer_mod, "SEGMENT_TOKENS", 17)
     again = small.score(texts)
     for a, b in zip(base, again, strict=True):
