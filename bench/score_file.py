@@ -6,6 +6,7 @@ Rows (one run, side by side; never a timed test):
           path: length-sorted batches of the size it is fastest at, nn.LSTM under
           inference_mode, only the real positions projected. Also where our time goes: the
           load of the weights, the batched forward, and the rest.
+  n-best  the same on n-best lists (each sentence and variants of it, one word replaced).
   workers ``--workers 2`` (one BLAS thread each) against one worker with 2 BLAS threads.
   ray     ``--engine ray`` (2 actors) against ``--workers 2`` on a larger input; Ray's start-up
           and its fixed cost per run (a one-line input) reported apart.
@@ -47,6 +48,7 @@ from model.scorer import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_E2E = 1.2  # ours / torch, tokens per second (the issue's)
+NBEST = 10  # hypotheses a sentence in the n-best row
 
 
 def torch_scorer(
@@ -198,6 +200,33 @@ def main(argv: list[str] | None = None) -> int:
                       "torch_s": t["torch"].median, "ratio": r.value, "lo": r.lo, "hi": r.hi,
                       "load_s": spent["load"], "load_share": load_share,
                       "outside_forward": outside}
+
+    # n-best: speech or OCR rescoring input, each sentence followed by variants of itself
+    # with one word replaced at a random place. Ours shares every prefix the hypotheses have
+    # in common (the tree of prefixes); PyTorch at the batch and threads found above.
+    rng = np.random.default_rng(0)
+    words = [w for w in s.vocab.id_to_word if w not in ("<eos>", "<unk>")]
+    nbest = []
+    for sent in (x.split() for x in lines[: n // 8] if len(x.split()) >= 2):
+        nbest.append(" ".join(sent))
+        for _ in range(NBEST - 1):
+            v = list(sent)
+            v[rng.integers(len(v))] = words[rng.integers(len(words))]
+            nbest.append(" ".join(v))
+    nb = tmp / "nbest.txt"
+    nb.write_text("\n".join(nbest) + "\n")
+    t_nb, nb_tokens = torch_scorer(torch, s, nbest, *torch_best)
+
+    def ours_nb() -> None:
+        run_score(ScoreRun(weights=weights, inputs=(str(nb),), out=out, progress=False))
+
+    t = interleave({"ours": ours_nb, "torch": t_nb}, rounds, 1, warmup=0 if args.smoke else 1,
+                   pause=0.1)
+    r = Ratio.of(t["ours"], t["torch"])
+    rows.append([f"n-best ({NBEST} a sentence)", f"{nb_tokens:,} tok", rate(t["ours"], nb_tokens),
+                 rate(t["torch"], nb_tokens), str(r), "report"])
+    results["nbest"] = {"tokens": nb_tokens, "hypotheses": len(nbest), "ours_s": t["ours"].median,
+                        "torch_s": t["torch"].median, "ratio": r.value}
 
     # workers: 2 processes of 1 thread and one process of 2 scoring threads (the default),
     # each against one process of 1 thread using 2 BLAS threads, on 4x the sentences.
