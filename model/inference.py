@@ -338,11 +338,11 @@ def score_prefixes(model: InferenceModel, seqs: Sequence[Sequence[int]]) -> list
     """log P(seq[t] | seq[:t]) for t >= 1 of each id sequence, from the zero state, each
     distinct prefix computed once.
 
-    The sequences' inputs form a trie (a tree of their distinct prefixes). It is fed level
-    by level, as a language-model decoder over n-best lists or a KenLM-style state cache
-    would share it: level t holds one row per distinct prefix of length t + 1, its state
-    gathered from its parent's row, so sentences opening alike (or repeated outright) pay
-    for their common part once. The top layer's outputs are projected CHUNK_ROWS at a time.
+    The sequences' inputs form a trie (the tree of their distinct prefixes), fed level by
+    level: level t holds one row per distinct prefix of t + 1 tokens, its state gathered
+    from its parent's row, so texts that open alike (an n-best list's hypotheses, sentences
+    starting "the", a repeated line) pay for their common part once. The top layer's
+    outputs are projected CHUNK_ROWS rows at a time.
     """
     lengths = np.array([max(len(s) - 1, 0) for s in seqs], dtype=np.int64)  # predictions
     out = [np.empty(0, np.float32)] * len(seqs)
@@ -417,6 +417,7 @@ class _Projection:
             self.flush()
 
     def flush(self) -> None:
+        """Project the rows gathered so far and write the log-probabilities they owe."""
         if not self.hs:
             return
         h = self.hs[0] if len(self.hs) == 1 else np.concatenate(self.hs)  # (rows, H)
