@@ -71,7 +71,7 @@ class Point:
 
 
 def gemm_floor(im: InferenceModel, N: int, T: int, M: int, windows: int = 1) -> Callable[[], None]:
-    """Only the GEMMs of ``run`` + ``_project_logprobs`` for N rows x T steps, M projected rows."""
+    """Only the GEMMs of ``run`` + ``project_logprobs`` for N rows x T steps, M projected rows."""
     # The model's own weight arrays (same layout, same cache behaviour) and preallocated
     # outputs: a lower bound for the numpy code.
     rng = np.random.default_rng(0)
@@ -83,7 +83,7 @@ def gemm_floor(im: InferenceModel, N: int, T: int, M: int, windows: int = 1) -> 
         calls.append((a, b, np.empty((a_shape[0], b.shape[1]), np.float32), count))
 
     for k in range(im.num_layers):
-        Wx, Wh = im._split(k)
+        Wx, Wh = im.layer_weights(k)
         add((T * N, Wx.shape[0]), Wx, 1)  # all input projections at once
         add((N, H), Wh, T)  # the sequential recurrent products
     for s in range(0, M, CHUNK_ROWS):

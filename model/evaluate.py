@@ -13,14 +13,15 @@ from typing import Any
 import numpy as np
 
 from model.corpus import load_split, resolve_data_dir
-from model.inference import InferenceModel, corpus_logprobs, score
+from model.inference import InferenceModel, corpus_logprobs
 from model.normalize import Tokenizer
+from model.prefixes import score_prefixes
 from model.textfile import encode_file, lines_of
 from model.vocab import Vocab
 from model.weights import LoadedWeights, load_weights
 
-# Texts scored in one batched forward by --per-line (sorted by length within a batch).
-PER_LINE_BATCH = 64
+# Lines scored together by --per-line (through the tree of their prefixes, as rnnlm score does).
+PER_LINE_WINDOW = 1024
 
 # The book's eval_perplexity reads 10 rows of 35: it scores ((L - 1) // 350) * 350 targets.
 BOOK_ROWS, BOOK_BPTT = 10, 35
@@ -109,15 +110,7 @@ def text_logprobs(model: InferenceModel, texts: list[list[int]], eos_id: int, eo
     """Each text's ids scored as the API scores a text: from a zero state fed <eos>, every
     token predicted, and the closing <eos> unless eos is False (an empty text with it off
     gives no log-probability)."""
-    out: list[np.ndarray] = [np.empty(0, np.float32)] * len(texts)
-    seqs = [[eos_id, *t, eos_id] if eos else [eos_id, *t] for t in texts]
-    order = sorted((i for i in range(len(seqs)) if len(seqs[i]) > 1), key=lambda i: len(seqs[i]))
-    for a in range(0, len(order), PER_LINE_BATCH):
-        rows = order[a : a + PER_LINE_BATCH]
-        lps, _ = score(model, [seqs[i][:-1] for i in rows], [seqs[i][1:] for i in rows])
-        for i, lp in zip(rows, lps, strict=True):
-            out[i] = lp
-    return out
+    return score_prefixes(model, [[eos_id, *t, eos_id] if eos else [eos_id, *t] for t in texts])
 
 
 def evaluate_file(
@@ -149,7 +142,7 @@ def evaluate_file(
         if ids_line:
             batch.append(ids_line)
             lines += 1
-            if len(batch) >= 16 * PER_LINE_BATCH:
+            if len(batch) >= PER_LINE_WINDOW:
                 flush()
     flush()
     if n == 0:

@@ -28,7 +28,6 @@ __all__ = [
     "score",
     "score_details",
     "score_details_batch",
-    "score_prefixes",
     "step",
 ]
 
@@ -46,7 +45,7 @@ def _fiog(H: int) -> np.ndarray:
     return np.concatenate([np.arange(0, H), np.arange(2 * H, 4 * H), np.arange(H, 2 * H)])
 
 
-def _cell_fiog(
+def cell_fiog(
     a: np.ndarray, c_prev: np.ndarray, c: np.ndarray, tc: np.ndarray, h: np.ndarray,
     gi: np.ndarray,
 ) -> None:
@@ -144,7 +143,7 @@ class InferenceModel:
         """The all-zero state every text starts from."""
         return LSTMState.zeros(self.config, batch_size, np.float32)
 
-    def _split(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def layer_weights(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Wx (D_in, 4H) and Wh (H, 4H) of layer k, as contiguous views of Wxh."""
         d_in = self.config.wordvec_size if k == 0 else self.config.hidden_size
         return self.Wxh[k][:d_in], self.Wxh[k][d_in:]
@@ -155,7 +154,7 @@ class InferenceModel:
 ROWWISE_MAX = 3
 
 
-def _matmul(a: np.ndarray, W: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def matmul(a: np.ndarray, W: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """a @ W; 2 or 3 rows of a as that many matrix-vector products (see ROWWISE_MAX)."""
     if out is None:
         out = np.empty((a.shape[0], W.shape[1]), dtype=np.float32)
@@ -178,12 +177,12 @@ def _logits(model: InferenceModel, h: np.ndarray, transposed: bool) -> np.ndarra
         logits_T = model.out_WT @ h.T  # (V, m)
         logits_T += model.out_b[:, None]
         return np.ascontiguousarray(logits_T.T)  # (m, V)
-    logits = _matmul(h, model.out_W)  # (m, V)
+    logits = matmul(h, model.out_W)  # (m, V)
     logits += model.out_b
     return logits
 
 
-def _pad(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def pad_ids(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad id sequences with 0 -> ids (N, T) and lengths (N,)."""
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     T = int(lengths.max()) if len(seqs) else 0
@@ -237,20 +236,20 @@ def _run_packed(
     tc = np.empty((N, H), dtype=np.float32)
     gi = np.empty((N, H), dtype=np.float32)
     for k in range(model.num_layers):
-        Wx, Wh = model._split(k)
+        Wx, Wh = model.layer_weights(k)
         if k == 0 and table is not None:  # each position's row, bias included
             A = table[packed_ids]  # (M, 4H), a copy
         else:
-            A = _matmul(x, Wx)  # (M, 4H): every input projection of the layer in one product
+            A = matmul(x, Wx)  # (M, 4H): every input projection of the layer in one product
             A += model.b[k]
         out = np.empty((len(A), H), dtype=np.float32)
         hk, ck = h[k], c[k]
         for t in range(T):
             m, s = int(p.n[t]), int(p.offsets[t])
             a = A[s : s + m]
-            _matmul(hk[:m], Wh, out=hWh[:m])
+            matmul(hk[:m], Wh, out=hWh[:m])
             a += hWh[:m]
-            _cell_fiog(a, ck[:m], ck[:m], tc[:m], hk[:m], gi[:m])
+            cell_fiog(a, ck[:m], ck[:m], tc[:m], hk[:m], gi[:m])
             out[s : s + m] = hk[:m]
         x = out
     h_out, c_out = np.empty_like(h), np.empty_like(c)
@@ -280,7 +279,7 @@ def run(
     return hs, new_state
 
 
-def _project_logprobs(
+def project_logprobs(
     model: InferenceModel, h: np.ndarray, targets: np.ndarray, rows: np.ndarray | None = None
 ) -> np.ndarray:
     """log P(target) for rows of top-layer outputs h (M, H), in chunks of CHUNK_ROWS; with
@@ -322,113 +321,16 @@ def score(
         len(a) != len(b) for a, b in zip(inputs, targets, strict=True)
     ):
         raise ValueError("every row of targets must be as long as its row of inputs")
-    ids, lengths = _pad(inputs)
+    ids, lengths = pad_ids(inputs)
     N = len(inputs)
     if N == 0:
         return [], model.zero_state(0)
     x, new_state, p = _run_packed(model, ids, lengths, state)
-    tgt, _ = _pad(targets)
+    tgt, _ = pad_ids(targets)
     # Only real positions were computed, and only they reach the output projection.
     lp = np.empty(ids.shape, dtype=np.float32)  # (N, T)
-    lp[p.rows, p.times] = _project_logprobs(model, x, tgt[p.rows, p.times])
+    lp[p.rows, p.times] = project_logprobs(model, x, tgt[p.rows, p.times])
     return [lp[n, : lengths[n]] for n in range(N)], new_state
-
-
-def score_prefixes(model: InferenceModel, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """log P(seq[t] | seq[:t]) for t >= 1 of each id sequence, from the zero state, each
-    distinct prefix computed once.
-
-    The sequences' inputs form a trie (the tree of their distinct prefixes), fed level by
-    level: level t holds one row per distinct prefix of t + 1 tokens, its state gathered
-    from its parent's row, so texts that open alike (an n-best list's hypotheses, sentences
-    starting "the", a repeated line) pay for their common part once. The top layer's
-    outputs are projected CHUNK_ROWS rows at a time.
-    """
-    lengths = np.array([max(len(s) - 1, 0) for s in seqs], dtype=np.int64)  # predictions
-    out = [np.empty(0, np.float32)] * len(seqs)
-    if not lengths.any():
-        return out
-    ids, _ = _pad(seqs)  # (N, T + 1)
-    order = np.argsort(-lengths, kind="stable")  # longest first: level t's rows are a prefix
-    ids, lens = ids[order], lengths[order]
-    T = int(lens[0])
-    live = (lens[None, :] > np.arange(T)[:, None]).sum(axis=1)  # (T,) rows still predicting
-    V, H = model.config.vocab_size, model.config.hidden_size
-    lp = np.zeros((len(seqs), T), dtype=np.float32)  # (N, T), sorted rows
-    node = np.zeros(len(seqs), dtype=np.int64)  # each row's node at the previous level
-    h: list[np.ndarray] = []  # per layer (nodes of the previous level, H)
-    c: list[np.ndarray] = []
-    buf = _Projection(model, lp)
-    for t in range(T):
-        m = int(live[t])
-        key = ids[:m, t] if t == 0 else node[:m] * V + ids[:m, t]
-        uniq, inv = np.unique(key, return_inverse=True)
-        node[:m] = inv
-        parent, tok = uniq // V, uniq % V
-        n = len(uniq)
-        x = model.embed[tok] if model.x_table is None else tok  # (n, D); the ids with the table
-        for k in range(model.num_layers):
-            Wx, Wh = model._split(k)
-            if t == 0:  # from the zero state: no recurrent product, c_prev = 0
-                hp, cp = None, np.zeros((n, H), np.float32)
-            else:
-                hp, cp = h[k][parent], c[k][parent]  # (n, H) each
-            if k == 0 and model.x_table is not None:
-                a = model.x_table[tok]  # (n, 4H), bias included
-                if hp is not None:
-                    a += _matmul(hp, Wh)
-            elif hp is None:
-                a = _matmul(x, Wx)
-                a += model.b[k]
-            else:  # [x, h_prev] @ [Wx; Wh]: one product of both inputs
-                a = _matmul(np.concatenate([x, hp], axis=1), model.Wxh[k])  # (n, 4H)
-                a += model.b[k]
-            hn, cn = np.empty((n, H), np.float32), np.empty((n, H), np.float32)
-            _cell_fiog(a, cp, cn, np.empty_like(hn), hn, np.empty_like(hn))
-            if t == 0:
-                h.append(hn)
-                c.append(cn)
-            else:
-                h[k], c[k] = hn, cn
-            x = hn
-        buf.add(x, inv, ids[:m, t + 1], t)
-    buf.flush()
-    for slot, i in enumerate(order):
-        out[i] = lp[slot, : lens[slot]].copy()
-    return out
-
-
-class _Projection:
-    """Top-layer outputs waiting for the output projection, and the log-probabilities they
-    owe: (row, target) picks written into lp[slot, t] once CHUNK_ROWS rows have gathered."""
-
-    def __init__(self, model: InferenceModel, lp: np.ndarray) -> None:
-        self.model, self.lp = model, lp
-        self.hs: list[np.ndarray] = []
-        self.rows = 0
-        self.picks: list[tuple[np.ndarray, np.ndarray, int]] = []  # (row, target, t)
-
-    def add(self, h: np.ndarray, rows: np.ndarray, targets: np.ndarray, t: int) -> None:
-        """h (n, H): one level's outputs; rows[slot] is slot's row of h, predicting targets."""
-        self.picks.append((self.rows + rows, targets, t))
-        self.hs.append(h)
-        self.rows += len(h)
-        if self.rows >= CHUNK_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        """Project the rows gathered so far and write the log-probabilities they owe."""
-        if not self.hs:
-            return
-        h = self.hs[0] if len(self.hs) == 1 else np.concatenate(self.hs)  # (rows, H)
-        rows = np.concatenate([r for r, _, _ in self.picks])
-        targets = np.concatenate([g for _, g, _ in self.picks])
-        lps = _project_logprobs(self.model, h, targets, rows)
-        s = 0
-        for r, _, t in self.picks:
-            self.lp[: len(r), t] = lps[s : s + len(r)]
-            s += len(r)
-        self.hs, self.picks, self.rows = [], [], 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -457,9 +359,9 @@ def score_details_batch(
     live = [i for i, q in enumerate(seqs) if len(q) >= 2]  # the others predict nothing
     if not live:
         return out
-    ids, lengths = _pad([seqs[i][:-1] for i in live])
+    ids, lengths = pad_ids([seqs[i][:-1] for i in live])
     h, _, p = _run_packed(model, ids, lengths, None)  # (M, H) in packed order
-    tgt, _ = _pad([seqs[i][1:] for i in live])
+    tgt, _ = pad_ids([seqs[i][1:] for i in live])
     targets = tgt[p.rows, p.times]  # (M,)
     M = len(targets)
     lp = np.empty(M, np.float32)
@@ -497,7 +399,7 @@ def next_logprobs(
     """The next-word log-distribution (N, V) after each non-empty context, and the states."""
     if any(len(c) == 0 for c in contexts):
         raise ValueError("a context needs at least one token (start texts with <eos>)")
-    ids, lengths = _pad(contexts)
+    ids, lengths = pad_ids(contexts)
     _, new_state, _ = _run_packed(model, ids, lengths, state)
     h_last = new_state.h[-1]  # (N, H): the top layer's h after each row's last token
     logits = _logits(model, h_last, False)  # (N, V)
@@ -521,7 +423,7 @@ def step(model: InferenceModel, ids: np.ndarray, state: LSTMState) -> tuple[np.n
         # (N, 4H); transposed, a view of (4H, N)
         a = (model.WxhT[k] @ xh.T).T if model.decode_transposed else xh @ model.Wxh[k]
         a += model.b[k]
-        _cell_fiog(a, state.c[k], c_new[k], tc, h_new[k], gi)
+        cell_fiog(a, state.c[k], c_new[k], tc, h_new[k], gi)
         x = h_new[k]
     return _logits(model, x, model.decode_transposed), LSTMState(h_new, c_new)  # (N, V)
 
@@ -594,7 +496,7 @@ def corpus_logprobs(
     for s in range(0, total, window):
         x, t = xs[:, s : s + window], ts[:, s : s + window]
         hs, state = run(model, x, None, state)  # (T, N, H)
-        lp = _project_logprobs(model, hs.transpose(1, 0, 2).reshape(-1, hs.shape[2]),
+        lp = project_logprobs(model, hs.transpose(1, 0, 2).reshape(-1, hs.shape[2]),
                                t.reshape(-1))  # rows in (n, t) order
         out[:, s : s + x.shape[1]] = lp.reshape(N, -1)  # (N, T)
         if on_progress is not None:

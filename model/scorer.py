@@ -5,7 +5,7 @@ A ``Scorer`` holds one model and its normaliser. ``score`` takes texts; ``score_
 raw input lines (text or JSON lines), the unit ``rnnlm score``, its workers and the Ray
 engine all hand it, and gives back finished JSON lines in input order. Within such a chunk
 the texts are fed together through the tree of their distinct prefixes
-(``model.inference.score_prefixes``): what they share is computed once, padding never; a
+(``model.prefixes.score_prefixes``): what they share is computed once, padding never; a
 text longer than ``SEGMENT_TOKENS`` is scored alone in segments with its state carried, so
 memory stays bounded however long a document is. The numbers come from
 ``model.evaluate.text_result``, as the service's do.
@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from model.evaluate import text_result, token_entries
-from model.inference import InferenceModel, LSTMState, score, score_prefixes
+from model.inference import InferenceModel, LSTMState, score
 from model.normalize import Tokenizer
+from model.prefixes import score_prefixes
 from model.weights import LoadedWeights, load_weights
 
 # A text with more predictions than this is scored alone, this many positions at a time.

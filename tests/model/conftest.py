@@ -1,4 +1,5 @@
-"""Helpers shared by the model tests: objects whose unpickling would run code."""
+"""Helpers shared by the model tests: a small trained-like model (tied and untied) and
+objects whose unpickling would run code."""
 
 from __future__ import annotations
 
@@ -6,6 +7,32 @@ import os
 import uuid
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pytest
+
+from model.inference import InferenceModel
+from model.rnnlm import BetterRnnlm, ModelConfig
+
+TINY_V = 40  # the vocabulary of trained_like
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def trained_like(request: pytest.FixtureRequest) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """A 2-layer model of TINY_V words, its weights pushed away from their initial scale."""
+    tied = request.param
+    cfg = ModelConfig(TINY_V, 16, 16 if tied else 12, 2, tied, 0.5)
+    m = BetterRnnlm(cfg, rng=np.random.default_rng(0))
+    r = np.random.default_rng(1)
+    for p in m.params.values():
+        p += (r.standard_normal(p.shape) * 0.4).astype(np.float32)
+    return cfg, m.params
+
+
+@pytest.fixture(scope="module")
+def model(trained_like: tuple[ModelConfig, dict[str, np.ndarray]]) -> InferenceModel:
+    """trained_like arranged for inference."""
+    return InferenceModel.from_params(*trained_like)
 
 
 class Pwn:

@@ -19,30 +19,14 @@ from model.inference import (
     next_logprobs,
     run,
     score,
-    score_prefixes,
     step,
 )
 from model.rnnlm import BetterRnnlm, LSTMState, ModelConfig
 from model.sampling import matched_stop, stop_prefix_length
+from tests.model.conftest import TINY_V
 from tests.naive import naive_logprobs, naive_next
 
-V = 40
-
-
-@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
-def trained_like(request: pytest.FixtureRequest) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    tied = request.param
-    cfg = ModelConfig(V, 16, 16 if tied else 12, 2, tied, 0.5)
-    m = BetterRnnlm(cfg, rng=np.random.default_rng(0))
-    r = np.random.default_rng(1)
-    for p in m.params.values():
-        p += (r.standard_normal(p.shape) * 0.4).astype(np.float32)
-    return cfg, m.params
-
-
-@pytest.fixture(scope="module")
-def model(trained_like: tuple[ModelConfig, dict[str, np.ndarray]]) -> InferenceModel:
-    return InferenceModel.from_params(*trained_like)
+V = TINY_V  # the vocabulary of conftest.trained_like
 
 
 def test_equals_training_forward_with_dropout_off(trained_like, model) -> None:  # type: ignore[no-untyped-def]
@@ -101,44 +85,6 @@ def test_packed_batch_equals_each_row_alone_from_its_own_state(
         assert np.allclose(lps[n], alone[0], atol=1e-5)
         assert np.allclose(states.h[:, n], st1.h[:, 0], atol=1e-5)
         assert np.allclose(states.c[:, n], st1.c[:, 0], atol=1e-5)
-
-
-@settings(max_examples=40, deadline=None)
-@given(data=st.data(), seed=st.integers(0, 2**16))
-def test_prefix_tree_equals_each_sequence_alone(
-    model: InferenceModel, data: st.DataObject, seed: int
-) -> None:
-    """Sequences sharing prefixes, repeated, ending inside another, too short to predict:
-    the tree of their prefixes gives each the scores it gets alone from the zero state."""
-    r = np.random.default_rng(seed)
-    bases = [list(r.integers(0, 3, 12)) for _ in range(3)]  # a tiny alphabet: many shared
-    picks = data.draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 12),
-                                         st.integers(0, 4)), min_size=1, max_size=9))
-    seqs = [bases[b][:n] + list(r.integers(0, V, k)) for b, n, k in picks]
-    got = score_prefixes(model, seqs)
-    for q, lp in zip(seqs, got, strict=True):
-        assert lp.dtype == np.float32 and lp.shape == (max(len(q) - 1, 0),)
-        if len(q) > 1:
-            alone, _ = score(model, [q[:-1]], [q[1:]])
-            assert np.allclose(lp, alone[0], atol=1e-5)
-
-
-@pytest.mark.parametrize("table", [True, False])
-def test_prefix_tree_projects_in_chunks_with_and_without_the_input_table(
-    trained_like: tuple[ModelConfig, dict[str, np.ndarray]], table: bool,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import model.inference as inf
-
-    m = InferenceModel.from_params(*trained_like, input_table=table)
-    r = np.random.default_rng(10)
-    seqs = [[0, *r.integers(0, V, n)] for n in (1, 30, 7, 7, 0, 12)]
-    seqs.append(list(seqs[2]))  # a repeated line
-    want = [score(m, [q[:-1]], [q[1:]])[0][0] if len(q) > 1 else np.empty(0) for q in seqs]
-    monkeypatch.setattr(inf, "CHUNK_ROWS", 5)  # a level split across chunks, picks shared
-    for lp, w in zip(score_prefixes(m, seqs), want, strict=True):
-        assert np.allclose(lp, w, atol=1e-5)
-    assert score_prefixes(m, []) == [] and len(score_prefixes(m, [[3]])[0]) == 0
 
 
 def test_run_leaves_padding_uncomputed(model: InferenceModel) -> None:
@@ -256,7 +202,7 @@ def test_tied_projection_is_the_embedding(model: InferenceModel) -> None:
     assert (model.out_WT is model.embed) == model.config.tied
     assert model.out_W.base is model.out_WT
     D = model.config.wordvec_size
-    Wx, Wh = model._split(0)
+    Wx, Wh = model.layer_weights(0)
     assert Wx.shape == (D, 4 * model.config.hidden_size) and Wx.flags.c_contiguous
     assert np.shares_memory(Wx, model.Wxh[0]) and np.shares_memory(Wh, model.Wxh[0])
     for W, WT in zip(model.Wxh, model.WxhT, strict=True):  # two layouts of the same numbers
