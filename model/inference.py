@@ -182,7 +182,7 @@ def _logits(model: InferenceModel, h: np.ndarray, transposed: bool) -> np.ndarra
     return logits
 
 
-def pad_ids(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def _pad(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad id sequences with 0 -> ids (N, T) and lengths (N,)."""
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     T = int(lengths.max()) if len(seqs) else 0
@@ -321,12 +321,12 @@ def score(
         len(a) != len(b) for a, b in zip(inputs, targets, strict=True)
     ):
         raise ValueError("every row of targets must be as long as its row of inputs")
-    ids, lengths = pad_ids(inputs)
+    ids, lengths = _pad(inputs)
     N = len(inputs)
     if N == 0:
         return [], model.zero_state(0)
     x, new_state, p = _run_packed(model, ids, lengths, state)
-    tgt, _ = pad_ids(targets)
+    tgt, _ = _pad(targets)
     # Only real positions were computed, and only they reach the output projection.
     lp = np.empty(ids.shape, dtype=np.float32)  # (N, T)
     lp[p.rows, p.times] = project_logprobs(model, x, tgt[p.rows, p.times])
@@ -359,9 +359,9 @@ def score_details_batch(
     live = [i for i, q in enumerate(seqs) if len(q) >= 2]  # the others predict nothing
     if not live:
         return out
-    ids, lengths = pad_ids([seqs[i][:-1] for i in live])
+    ids, lengths = _pad([seqs[i][:-1] for i in live])
     h, _, p = _run_packed(model, ids, lengths, None)  # (M, H) in packed order
-    tgt, _ = pad_ids([seqs[i][1:] for i in live])
+    tgt, _ = _pad([seqs[i][1:] for i in live])
     targets = tgt[p.rows, p.times]  # (M,)
     M = len(targets)
     lp = np.empty(M, np.float32)
@@ -399,7 +399,7 @@ def next_logprobs(
     """The next-word log-distribution (N, V) after each non-empty context, and the states."""
     if any(len(c) == 0 for c in contexts):
         raise ValueError("a context needs at least one token (start texts with <eos>)")
-    ids, lengths = pad_ids(contexts)
+    ids, lengths = _pad(contexts)
     _, new_state, _ = _run_packed(model, ids, lengths, state)
     h_last = new_state.h[-1]  # (N, H): the top layer's h after each row's last token
     logits = _logits(model, h_last, False)  # (N, V)

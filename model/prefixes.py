@@ -32,20 +32,25 @@ def score_prefixes(model: InferenceModel, seqs: Sequence[Sequence[int]]) -> list
     out = [np.empty(0, np.float32)] * len(seqs)
     if not lengths.any():
         return out
-    ids, _ = inference.pad_ids(seqs)  # (N, T + 1)
-    order = np.argsort(-lengths, kind="stable")  # longest first: level t's rows are a prefix
-    ids, lens = ids[order], lengths[order]
+    # Rows sorted longest first, so level t's rows are the first live[t]; the ids of all
+    # rows in one flat array (no padding: one long text beside short ones costs its length).
+    order = np.argsort(-lengths, kind="stable")
+    lens = lengths[order]
+    ids = np.concatenate([np.asarray(seqs[i], dtype=np.int64) for i in order])
+    starts = np.concatenate([[0], np.cumsum(lens + 1)[:-1]])  # (N,) where row i's ids begin
+    dest = np.concatenate([[0], np.cumsum(lens)[:-1]])  # (N,) where its log-probs go in lp
     T = int(lens[0])
-    live = (lens[None, :] > np.arange(T)[:, None]).sum(axis=1)  # (T,) rows still predicting
+    live = np.searchsorted(-lens, -np.arange(T), side="left")  # (T,) rows with len > t
     V, H = model.config.vocab_size, model.config.hidden_size
-    lp = np.zeros((len(seqs), T), dtype=np.float32)  # (N, T), sorted rows
+    lp = np.empty(int(lens.sum()), dtype=np.float32)  # every row's log-probs, in row order
     node = np.zeros(len(seqs), dtype=np.int64)  # each row's node at the previous level
     h: list[np.ndarray] = []  # per layer (nodes of the previous level, H)
     c: list[np.ndarray] = []
     buf = _Projection(model, lp)
     for t in range(T):
         m = int(live[t])
-        key = ids[:m, t] if t == 0 else node[:m] * V + ids[:m, t]
+        here = ids[starts[:m] + t]  # (m,) each live row's input at level t
+        key = here if t == 0 else node[:m] * V + here
         uniq, inv = np.unique(key, return_inverse=True)
         node[:m] = inv
         parent, tok = uniq // V, uniq % V
@@ -75,26 +80,27 @@ def score_prefixes(model: InferenceModel, seqs: Sequence[Sequence[int]]) -> list
             else:
                 h[k], c[k] = hn, cn
             x = hn
-        buf.add(x, inv, ids[:m, t + 1], t)
+        buf.add(x, inv, ids[starts[:m] + t + 1], dest[:m] + t)
     buf.flush()
     for slot, i in enumerate(order):
-        out[i] = lp[slot, : lens[slot]].copy()
+        out[i] = lp[dest[slot] : dest[slot] + lens[slot]]
     return out
 
 
 class _Projection:
     """Top-layer outputs waiting for the output projection, and the log-probabilities they
-    owe: (row, target) picks written into lp[slot, t] once CHUNK_ROWS rows have gathered."""
+    owe: (row, target) picks written into lp[dest] once CHUNK_ROWS rows have gathered."""
 
     def __init__(self, model: InferenceModel, lp: np.ndarray) -> None:
         self.model, self.lp = model, lp
         self.hs: list[np.ndarray] = []
         self.rows = 0
-        self.picks: list[tuple[np.ndarray, np.ndarray, int]] = []  # (row, target, t)
+        self.picks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (row, target, dest)
 
-    def add(self, h: np.ndarray, rows: np.ndarray, targets: np.ndarray, t: int) -> None:
-        """h (n, H): one level's outputs; rows[slot] is slot's row of h, predicting targets."""
-        self.picks.append((self.rows + rows, targets, t))
+    def add(self, h: np.ndarray, rows: np.ndarray, targets: np.ndarray, dest: np.ndarray
+            ) -> None:
+        """h (n, H): one level's outputs; log P(targets[j]) of row rows[j] goes to lp[dest[j]]."""
+        self.picks.append((self.rows + rows, targets, dest))
         self.hs.append(h)
         self.rows += len(h)
         if self.rows >= inference.CHUNK_ROWS:
@@ -107,9 +113,6 @@ class _Projection:
         h = self.hs[0] if len(self.hs) == 1 else np.concatenate(self.hs)  # (rows, H)
         rows = np.concatenate([r for r, _, _ in self.picks])
         targets = np.concatenate([g for _, g, _ in self.picks])
-        lps = inference.project_logprobs(self.model, h, targets, rows)
-        s = 0
-        for r, _, t in self.picks:
-            self.lp[: len(r), t] = lps[s : s + len(r)]
-            s += len(r)
+        dest = np.concatenate([d for _, _, d in self.picks])
+        self.lp[dest] = inference.project_logprobs(self.model, h, targets, rows)
         self.hs, self.picks, self.rows = [], [], 0

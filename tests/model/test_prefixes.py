@@ -51,3 +51,12 @@ def test_prefix_tree_projects_in_chunks_with_and_without_the_input_table(
     for lp, w in zip(score_prefixes(m, seqs), want, strict=True):
         assert np.allclose(lp, w, atol=1e-5)
     assert score_prefixes(m, []) == [] and len(score_prefixes(m, [[3]])[0]) == 0
+
+
+def test_a_long_text_beside_short_ones(model: InferenceModel) -> None:
+    """Rows are not padded to the longest: a long text and short ones, each as alone."""
+    r = np.random.default_rng(11)
+    seqs = [[0, *r.integers(0, V, n)] for n in (3000, 2, 5)]
+    for q, lp in zip(seqs, score_prefixes(model, seqs), strict=True):
+        alone, _ = score(model, [q[:-1]], [q[1:]])
+        assert np.allclose(lp, alone[0], atol=1e-4)
