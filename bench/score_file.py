@@ -117,7 +117,8 @@ def peak_rss_mib(cmd: list[str]) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0], "650")
     p.add_argument("--weights", default=str(ROOT / "weights" / "ptb-650"))
-    p.add_argument("--lines", type=int, default=2000, help="PTB test sentences in e2e")
+    p.add_argument("--lines", type=int, default=None,
+                   help="PTB test sentences in e2e (default: all of them, 3,761)")
     p.add_argument("--no-ray", action="store_true", help="skip the Ray row")
     args = p.parse_args(argv)
     torch, info = start("rnnlm score, end to end", args)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     weights = Path(args.weights if not args.smoke else ROOT / "weights" / "ptb-small")
     lines = [x for x in (data / "ptb.test.txt").read_text().splitlines()]
-    n = 200 if args.smoke else args.lines
+    n = 200 if args.smoke else (args.lines or len(lines))
     rounds = 1 if args.smoke else (args.rounds or 3)
     monitor = CpuMonitor()
     tmp = Path(tempfile.mkdtemp(prefix="bench-score-"))
