@@ -44,8 +44,10 @@ def score_prefixes(model: InferenceModel, seqs: Sequence[Sequence[int]]) -> list
     V, H = model.config.vocab_size, model.config.hidden_size
     lp = np.empty(int(lens.sum()), dtype=np.float32)  # every row's log-probs, in row order
     node = np.zeros(len(seqs), dtype=np.int64)  # each row's node at the previous level
-    h: list[np.ndarray] = []  # per layer (nodes of the previous level, H)
-    c: list[np.ndarray] = []
+    # Per layer (nodes of the previous level, H): before level 0 the zero state, one row,
+    # every level-0 node's parent (key // V is 0 there).
+    h = [np.zeros((1, H), np.float32)] * model.num_layers
+    c = list(h)
     buf = _Projection(model, lp)
     for t in range(T):
         m = int(live[t])
@@ -57,28 +59,16 @@ def score_prefixes(model: InferenceModel, seqs: Sequence[Sequence[int]]) -> list
         n = len(uniq)
         x = model.embed[tok] if model.x_table is None else tok  # (n, D); the ids with the table
         for k in range(model.num_layers):
-            Wx, Wh = model.layer_weights(k)
-            if t == 0:  # from the zero state: no recurrent product, c_prev = 0
-                hp, cp = None, np.zeros((n, H), np.float32)
-            else:
-                hp, cp = h[k][parent], c[k][parent]  # (n, H) each
+            hp, cp = h[k][parent], c[k][parent]  # (n, H) each
             if k == 0 and model.x_table is not None:
                 a = model.x_table[tok]  # (n, 4H), bias included
-                if hp is not None:
-                    a += inference.matmul(hp, Wh)
-            elif hp is None:
-                a = inference.matmul(x, Wx)
-                a += model.b[k]
+                a += inference.matmul(hp, model.layer_weights(0)[1])  # h_prev @ Wh
             else:  # [x, h_prev] @ [Wx; Wh]: one product of both inputs
                 a = inference.matmul(np.concatenate([x, hp], axis=1), model.Wxh[k])  # (n, 4H)
                 a += model.b[k]
             hn, cn = np.empty((n, H), np.float32), np.empty((n, H), np.float32)
             inference.cell_fiog(a, cp, cn, np.empty_like(hn), hn, np.empty_like(hn))
-            if t == 0:
-                h.append(hn)
-                c.append(cn)
-            else:
-                h[k], c[k] = hn, cn
+            h[k], c[k] = hn, cn
             x = hn
         buf.add(x, inv, ids[starts[:m] + t + 1], dest[:m] + t)
     buf.flush()

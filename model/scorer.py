@@ -155,13 +155,14 @@ class Scorer:
         long = {i for i, q in enumerate(seqs) if len(q) - 1 > SEGMENT_TOKENS}
         out = score_prefixes(self.model, [q[:1] if i in long else q for i, q in enumerate(seqs)])
         for i in long:
-            out[i] = self._long(seqs[i], self.model.zero_state(1))
+            out[i] = self._long(seqs[i])
         return out
 
-    def _long(self, seq: Sequence[int], state: LSTMState) -> np.ndarray:
-        """One long sequence after state, SEGMENT_TOKENS positions at a time, the state
-        carried over."""
+    def _long(self, seq: Sequence[int]) -> np.ndarray:
+        """One long sequence from the zero state, SEGMENT_TOKENS positions at a time, the
+        state carried over."""
         parts = []
+        state: LSTMState | None = None
         for a in range(0, len(seq) - 1, SEGMENT_TOKENS):
             b = min(a + SEGMENT_TOKENS, len(seq) - 1)
             (lp,), state = score(self.model, [seq[a:b]], [seq[a + 1 : b + 1]], state)
