@@ -165,7 +165,10 @@ def test_a_seeded_generation_streams_token_by_token(browser_page: tuple[Page, li
         "do_sample": True, "max_new_tokens": 40, "temperature": 0.8, "top_k": 20,
         "top_p": 0.9, "seed": 7, "stop_at_eos": False}})
     assert shown.strip() == want["generated_text"].strip()
-    assert len(arrivals) >= 20 and arrivals == sorted(arrivals)  # many updates, one by one
+    # The page appends each network chunk as it is read, so the number of updates depends on
+    # how the server's events are grouped in transit (17 of 40 tokens on a slow CI machine);
+    # a page that waited for the whole response would show them in one update.
+    assert len(arrivals) >= 3 and arrivals == sorted(arrivals) and arrivals[0] < arrivals[-1]
     assert "40 tokens (length), seed 7" in page.inner_text("#gen-status")
 
 
